@@ -1,0 +1,1 @@
+"""Datasets: the bundled demo data and loaders for the benchmark collections."""

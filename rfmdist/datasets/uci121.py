@@ -1,0 +1,422 @@
+"""Loader for the 121 UCI classification sets of Fernández-Delgado et al. (2014).
+
+This is the collection on which the RFM paper (arXiv:2212.13881) reports its tabular results, in the
+layout of the public NTK-on-UCI (Arora et al. 2019) and RFM experiment code. The data live under
+``<data root>/uci121/`` (120 of the 121 sets: miniboone is missing), one folder ``NAME/`` per set:
+
+- ``NAME.txt``: ``key= value`` lines; ``fich1=`` names the data file, ``n_clases=`` the number of
+  classes, ``n_entradas=`` the number of features, ``n_patrons1=`` the rows of ``fich1`` and, for
+  sets with a separate test file, ``fich2=`` / ``n_patrons2=``.
+- ``fich1`` (``*_R.dat``): one header line, then rows ``index x_1 ... x_d class`` (features
+  already z-scored, class a 0-based integer).
+- ``conxuntos.dat``: line 1 the train indices, line 2 the validation indices (0-based, into
+  ``fich1``): used ONLY to choose hyper-parameters.
+- ``conxuntos_kfold.dat``: 8 lines, 4 (train, test) index pairs into ``fich1``. The accuracy
+  reported for a method is its mean test accuracy over the 4 folds.
+
+Sets with ``fich2=`` (``has_test_file`` in ``SUMMARY.tsv``): all indices point into ``fich1`` and
+``fich2`` is not used, so ``UCISet.n`` (rows of ``fich1``) is smaller than the ``n`` of
+``SUMMARY.tsv``, which counts both files (kept as ``UCISet.n_total``).
+
+The data root is a function argument; its default (:func:`default_data_root`) is the
+``RFMDIST_DATA`` environment variable, else ``<repo>/../shared/data`` located relative to this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DATA_ENV_VAR",
+    "UCISet",
+    "default_data_root",
+    "list_uci121",
+    "load_uci121",
+    "read_uci121_meta",
+    "read_uci121_summary",
+    "resolve_data_root",
+]
+
+DATA_ENV_VAR = "RFMDIST_DATA"
+"""Environment variable that overrides the default data root."""
+
+_COLLECTION = "uci121"
+
+
+def default_data_root() -> Path:
+    """Return the default data root.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$RFMDIST_DATA`` when that environment variable is set and non-empty, else
+        ``<repo>/../shared/data`` where ``<repo>`` is the checkout holding this file. The path is
+        not checked for existence (see :func:`resolve_data_root`).
+    """
+    env = os.environ.get(DATA_ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[2]
+    return repo.parent / "shared" / "data"
+
+
+def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return ``root`` (or the default data root) after checking that it is a directory.
+
+    Parameters
+    ----------
+    root : str or os.PathLike or None
+        The data root (the folder holding ``uci121/``, ``grinsztajn/``, ...). None means
+        :func:`default_data_root`.
+
+    Returns
+    -------
+    pathlib.Path
+        The existing data root.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist; the message says how to point rfmdist at the data.
+    """
+    path = default_data_root() if root is None else Path(root).expanduser()
+    if not path.is_dir():
+        source = (
+            "the root argument"
+            if root is not None
+            else (
+                f"${DATA_ENV_VAR}"
+                if os.environ.get(DATA_ENV_VAR, "").strip()
+                else "the default <repo>/../shared/data"
+            )
+        )
+        raise FileNotFoundError(
+            f"Data root not found: expected a directory holding uci121/ and grinsztajn/, found no "
+            f"directory at {path} (from {source}). Fix: set {DATA_ENV_VAR}=/path/to/data, pass "
+            "root=... (--data-root on the command line), or place the data at "
+            "<repo>/../shared/data."
+        )
+    return path
+
+
+def _collection_dir(root: str | os.PathLike[str] | None, collection: str) -> Path:
+    """Return the folder of ``collection`` under the data root (or ``root`` itself if it is it)."""
+    base = resolve_data_root(root)
+    if (base / "SUMMARY.tsv").is_file() and base.name == collection:
+        return base
+    folder = base / collection
+    if not (folder / "SUMMARY.tsv").is_file():
+        raise FileNotFoundError(
+            f"{collection} collection not found: expected {folder / 'SUMMARY.tsv'}, found no such "
+            f"file. Fix: point the data root (root=..., --data-root or ${DATA_ENV_VAR}) at the "
+            f"folder that contains {collection}/."
+        )
+    return folder
+
+
+def read_uci121_summary(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Read ``uci121/SUMMARY.tsv``.
+
+    Parameters
+    ----------
+    root : str or os.PathLike or None
+        The data root (None: :func:`default_data_root`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per set, indexed by ``name``, with integer columns ``n`` (rows of ``fich1`` plus
+        ``fich2`` if any), ``d``, ``classes`` and the boolean column ``has_test_file``.
+    """
+    path = _collection_dir(root, _COLLECTION) / "SUMMARY.tsv"
+    table = pd.read_csv(path, sep="\t", dtype={"name": str})
+    expected = ["name", "n", "d", "classes", "has_test_file"]
+    missing = [c for c in expected if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: expected columns {expected}, found {list(table.columns)}. "
+            "Fix: restore the original SUMMARY.tsv of the data folder."
+        )
+    table["has_test_file"] = table["has_test_file"].astype(str).str.lower().eq("true")
+    for col in ("n", "d", "classes"):
+        table[col] = table[col].astype(np.int64)
+    return table.set_index("name")[expected[1:]]
+
+
+def list_uci121(root: str | os.PathLike[str] | None = None) -> list[str]:
+    """Return the names of the available UCI sets, in the order of ``SUMMARY.tsv``.
+
+    Parameters
+    ----------
+    root : str or os.PathLike or None
+        The data root (None: :func:`default_data_root`).
+
+    Returns
+    -------
+    list of str
+        The set names (120 in the shared data: miniboone is missing).
+    """
+    return list(read_uci121_summary(root).index)
+
+
+def _set_dir(name: str, root: str | os.PathLike[str] | None) -> Path:
+    folder = _collection_dir(root, _COLLECTION)
+    set_dir = folder / name
+    if not set_dir.is_dir():
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise FileNotFoundError(
+            f"UCI set {name!r}: expected a folder {set_dir}, found none.{hint} "
+            "Fix: use a name from list_uci121()."
+        )
+    return set_dir
+
+
+def read_uci121_meta(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Parse ``NAME/NAME.txt`` (the ``key= value`` description of a set).
+
+    Parameters
+    ----------
+    name : str
+        The set name, e.g. ``"iris"``.
+    root : str or os.PathLike or None
+        The data root (None: :func:`default_data_root`).
+
+    Returns
+    -------
+    dict of str to str
+        Keys without the ``=`` (``fich1``, ``n_clases``, ``n_entradas``, ``n_patrons1``, optional
+        ``fich2`` and ``n_patrons2``, ...), values as strings.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``NAME.txt`` is missing.
+    ValueError
+        If ``fich1``, ``n_clases`` or ``n_entradas`` is absent.
+    """
+    path = _set_dir(name, root) / f"{name}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"UCI set {name!r}: expected the description file {path}, found none. "
+            "Fix: restore the set folder from the shared data."
+        )
+    meta = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\s*(\w+)\s*=\s*(.*?)\s*$", path.read_text(), flags=re.MULTILINE)
+    }
+    missing = [k for k in ("fich1", "n_clases", "n_entradas") if k not in meta]
+    if missing:
+        raise ValueError(
+            f"{path}: expected keys fich1=, n_clases=, n_entradas=, found {sorted(meta)} "
+            f"(missing {missing}). Fix: restore the original description file."
+        )
+    return meta
+
+
+@dataclass(frozen=True, eq=False)
+class UCISet:
+    """One UCI classification set with its validation split and its 4 folds.
+
+    Attributes
+    ----------
+    name : str
+        The set name.
+    X : numpy.ndarray of shape (n, d), float64
+        The features (already z-scored in the files).
+    y : numpy.ndarray of shape (n,), int64
+        The class labels, in ``0 .. n_classes - 1``.
+    n_classes : int
+        The number of classes (``n_clases=`` of ``NAME.txt``).
+    train_idx, val_idx : numpy.ndarray of shape (n_train,), (n_val,), int64
+        The hyper-parameter selection split (``conxuntos.dat``), disjoint, indices into ``X``.
+    folds : tuple of 4 (train_idx, test_idx) pairs of numpy.ndarray, int64
+        The evaluation folds (``conxuntos_kfold.dat``), train and test disjoint within a fold.
+    n_total : int
+        ``n`` of ``SUMMARY.tsv``: ``n`` plus the rows of the unused ``fich2`` if the set has one.
+    has_test_file : bool
+        Whether the set ships a separate ``fich2`` test file (never used here).
+    """
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    n_classes: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...]
+    n_total: int
+    has_test_file: bool
+
+    @property
+    def n(self) -> int:
+        """Number of rows of ``X``."""
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Number of features."""
+        return int(self.X.shape[1])
+
+
+def _read_index_lines(path: Path, n_lines: int, n: int, name: str) -> list[np.ndarray]:
+    """Read ``n_lines`` lines of whitespace-separated indices and check them against ``n``."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"UCI set {name!r}: expected the index file {path}, found none. "
+            "Fix: restore the set folder from the shared data."
+        )
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) != n_lines:
+        raise ValueError(
+            f"{path}: expected {n_lines} non-empty lines of indices, found {len(lines)}. "
+            "Fix: restore the original file."
+        )
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            idx = np.array(line.split(), dtype=np.int64)
+        except ValueError as err:
+            raise ValueError(
+                f"{path} line {i + 1}: expected integers, found {line[:60]!r}... ({err}). "
+                "Fix: restore the original file."
+            ) from None
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
+            found = "an empty line" if idx.size == 0 else f"range [{idx.min()}, {idx.max()}]"
+            raise ValueError(
+                f"{path} line {i + 1}: expected indices in [0, {n}) (the rows of the data file), "
+                f"found {found}. Fix: check that the index file belongs to this data file."
+            )
+        n_dup = idx.size - np.unique(idx).size
+        if n_dup:
+            raise ValueError(
+                f"{path} line {i + 1}: expected distinct indices, found {n_dup} duplicates. "
+                "Fix: restore the original file."
+            )
+        out.append(idx)
+    return out
+
+
+def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str, path: Path) -> None:
+    common = np.intersect1d(a, b)
+    if common.size:
+        raise ValueError(
+            f"{path}: expected disjoint {what} indices, found {common.size} shared "
+            f"(e.g. {common[:5].tolist()}). Fix: restore the original file."
+        )
+
+
+def load_uci121(name: str, root: str | os.PathLike[str] | None = None) -> UCISet:
+    """Load one UCI set with its validation split and its 4 evaluation folds.
+
+    Parameters
+    ----------
+    name : str
+        The set name (see :func:`list_uci121`), e.g. ``"iris"``.
+    root : str or os.PathLike or None
+        The data root (None: :func:`default_data_root`).
+
+    Returns
+    -------
+    UCISet
+        ``X`` of shape (n, d) float64, ``y`` of shape (n,) int64, the split and the folds.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the data root, the set folder or one of its files is missing.
+    ValueError
+        If shapes, classes or indices disagree with ``SUMMARY.tsv`` / ``NAME.txt``.
+    """
+    summary = read_uci121_summary(root)
+    if name not in summary.index:
+        close = difflib.get_close_matches(name, list(summary.index), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"UCI set {name!r}: expected one of the {len(summary)} names of SUMMARY.tsv, found "
+            f"no such name.{hint} Fix: use a name from list_uci121()."
+        )
+    row = summary.loc[name]
+    set_dir = _set_dir(name, root)
+    meta = read_uci121_meta(name, root)
+    d = int(meta["n_entradas"])
+    n_classes = int(meta["n_clases"])
+    if d != row["d"] or n_classes != row["classes"]:
+        raise ValueError(
+            f"UCI set {name!r}: expected d={row['d']}, classes={row['classes']} (SUMMARY.tsv), "
+            f"found n_entradas={d}, n_clases={n_classes} in {name}.txt. "
+            "Fix: restore the data folder."
+        )
+    data_path = set_dir / meta["fich1"]
+    if not data_path.is_file():
+        raise FileNotFoundError(
+            f"UCI set {name!r}: expected the data file {data_path} (fich1= of {name}.txt), "
+            "found none. Fix: restore the set folder from the shared data."
+        )
+    data = np.loadtxt(data_path, skiprows=1, dtype=np.float64, ndmin=2)
+    n = int(data.shape[0])
+    if data.shape[1] != d + 2:
+        raise ValueError(
+            f"{data_path}: expected {d + 2} columns (index, {d} features, class), found "
+            f"{data.shape[1]}. Fix: restore the original data file."
+        )
+    has_test_file = bool(row["has_test_file"])
+    if has_test_file:
+        n1 = int(meta.get("n_patrons1", n))
+        n2 = int(meta.get("n_patrons2", -1))
+        if n != n1 or n1 + n2 != row["n"]:
+            raise ValueError(
+                f"UCI set {name!r}: expected {n1} rows in {meta['fich1']} and n_patrons1 + "
+                f"n_patrons2 = {row['n']} (SUMMARY.tsv), found {n} rows and {n1} + {n2}. "
+                "Fix: restore the data folder."
+            )
+    elif n != row["n"]:
+        raise ValueError(
+            f"UCI set {name!r}: expected n={row['n']} rows (SUMMARY.tsv), found {n} in "
+            f"{data_path}. Fix: restore the data file."
+        )
+    labels = data[:, -1]
+    y = labels.astype(np.int64)
+    if not np.array_equal(y, labels) or y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(
+            f"{data_path}: expected integer classes in [0, {n_classes}), found values in "
+            f"[{labels.min()}, {labels.max()}]. Fix: restore the original data file."
+        )
+    X = np.ascontiguousarray(data[:, 1:-1])
+    if not np.isfinite(X).all():
+        raise ValueError(
+            f"{data_path}: expected finite features, found {int((~np.isfinite(X)).sum())} "
+            "non-finite values. Fix: restore the original data file."
+        )
+
+    split_path = set_dir / "conxuntos.dat"
+    train_idx, val_idx = _read_index_lines(split_path, 2, n, name)
+    _check_disjoint(train_idx, val_idx, "train/validation", split_path)
+    fold_path = set_dir / "conxuntos_kfold.dat"
+    lines = _read_index_lines(fold_path, 8, n, name)
+    folds = tuple((lines[2 * k], lines[2 * k + 1]) for k in range(4))
+    for k, (tr, te) in enumerate(folds):
+        _check_disjoint(tr, te, f"fold {k} train/test", fold_path)
+    logger.debug("loaded UCI set %s: n=%d d=%d classes=%d", name, n, d, n_classes)
+    return UCISet(
+        name=name,
+        X=X,
+        y=y,
+        n_classes=n_classes,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        folds=folds,
+        n_total=int(row["n"]),
+        has_test_file=has_test_file,
+    )
