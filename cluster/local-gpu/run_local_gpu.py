@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Run ``rfmdist fit`` on all GPUs of this machine with dask-cuda's ``LocalCUDACluster``.
 
 One Dask worker per visible GPU (``CUDA_VISIBLE_DEVICES`` is honoured, ``--devices``

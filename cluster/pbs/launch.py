@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Run ``rfmdist fit`` on Dask workers started as PBS jobs (dask-jobqueue).
 
 Usage (see ``cluster/pbs/README.md``)::

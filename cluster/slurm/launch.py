@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Run ``rfmdist fit`` on Dask workers started as SLURM jobs (dask-jobqueue).
 
 Usage (see ``cluster/slurm/README.md``)::
