@@ -1,0 +1,222 @@
+"""Gradients of kernel predictors and the average gradient outer product (AGOP).
+
+For a kernel machine ``f(x) = sum_i coef_i K_M(x, z_i)`` (``c`` outputs) the gradient is computed in the
+transformed space ``x' = x S`` (``S = M^{1/2}``) with two GEMMs per block and no ``n x c x d`` tensor for
+the data::
+
+    laplace:   grad f_c(x) = -(1/L)   S [ (Q coef)_c x' - (Q * coef_c) Z' ],  Q = K / ||x - z||_M
+    gaussian:  grad f_c(x) = -(1/L^2) S [ (Q coef)_c x' - (Q * coef_c) Z' ],  Q = K
+
+(the Laplace term of a center at distance below 1e-10, the ``x = z`` singularity, is dropped).
+
+The AGOP of a block is returned as a float64 *sum* ``sum_x J(x)^T J(x)`` (``(d, d)``, or its diagonal
+``(d,)``) so that blocks, chunks and workers add up by any reduction; divide by the number of points at
+the end. :func:`average_gradient_outer_product` does this for any predictor that provides its Jacobian,
+which is how the Deep Neural Feature Ansatz compares a neural network's AGOP with its weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rfmdist.backend import get_namespace
+from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel, prepare_kernel
+
+
+def transformed_gradients(prepared: PreparedKernel, X: Any, coef: Any) -> Any:
+    """Gradients of ``f = K(., Z) coef`` in the transformed space (before the final product with S).
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+    X : array, shape (b, d)
+    coef : array, shape (m, c)
+
+    Returns
+    -------
+    array, shape (b, c, d)
+        ``g'`` with ``grad f(x) = S g'(x)``.
+    """
+    xp = get_namespace(X, coef)
+    Xt, x_sq = prepared.transform(X)
+    weights, dist_sq = prepared.block_from_transformed(Xt, x_sq)
+    coef = coef.astype(weights.dtype, copy=False)
+    if prepared.kernel == "laplace":
+        dist = xp.sqrt(dist_sq, out=dist_sq)
+        far = dist >= LAPLACE_GRADIENT_GUARD
+        weights = xp.where(far, weights / xp.where(far, dist, 1), 0)
+        scale = -1.0 / prepared.bandwidth
+    else:
+        scale = -1.0 / prepared.bandwidth**2
+    row_weight = weights @ coef  # (b, c)
+    n_outputs = coef.shape[1]
+    grads = xp.empty((X.shape[0], n_outputs, X.shape[1]), dtype=weights.dtype)
+    for c in range(n_outputs):
+        grads[:, c, :] = row_weight[:, c, None] * Xt - (weights * coef[:, c]) @ prepared.centers_t
+    grads *= scale
+    return grads
+
+
+def predictor_gradients(
+    X: Any,
+    centers: Any,
+    coef: Any,
+    M: Any,
+    *,
+    kernel: str = "laplace",
+    bandwidth: float = 10.0,
+) -> Any:
+    """Exact gradients of ``f(x) = K_M(x, centers) coef`` with respect to ``x``.
+
+    Parameters
+    ----------
+    X : array, shape (b, d)
+    centers : array, shape (m, d)
+    coef : array, shape (m, c)
+    M : array, shape (d, d) or (d,)
+    kernel : {'laplace', 'gaussian'}
+    bandwidth : float
+
+    Returns
+    -------
+    array, shape (b, c, d)
+        ``J[i, k, :]`` is the gradient of output ``k`` at ``X[i]``.
+    """
+    prepared = prepare_kernel(centers, M, kernel=kernel, bandwidth=bandwidth)
+    grads = transformed_gradients(prepared, X, coef)
+    S = prepared.S
+    return grads * S if S.ndim == 1 else grads @ S
+
+
+def gradient_outer_product_sum(jacobians: Any, *, diag: bool = False) -> Any:
+    """Sum of ``J^T J`` over a block of Jacobians, accumulated in float64.
+
+    Parameters
+    ----------
+    jacobians : array, shape (b, c, d)
+    diag : bool
+        Return only the diagonal.
+
+    Returns
+    -------
+    array, shape (d, d), or (d,) if ``diag``; float64
+    """
+    xp = get_namespace(jacobians)
+    flat = jacobians.reshape(-1, jacobians.shape[-1]).astype(xp.float64, copy=False)
+    if diag:
+        return (flat * flat).sum(axis=0)
+    return flat.T @ flat
+
+
+def kernel_agop_sum(prepared: PreparedKernel, X: Any, coef: Any, *, diag: bool) -> Any:
+    """AGOP partial sum of the kernel predictor over a block of points, in original coordinates.
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+        The predictor's kernel and centers.
+    X : array, shape (b, d)
+        Points at which the gradients are taken.
+    coef : array, shape (m, c)
+    diag : bool
+        Return the diagonal only (for a diagonal feature matrix).
+
+    Returns
+    -------
+    array, shape (d, d) or (d,); float64
+        ``sum_{x in X} J(x)^T J(x)``.
+    """
+    xp = get_namespace(X)
+    inner = gradient_outer_product_sum(transformed_gradients(prepared, X, coef), diag=diag)
+    S = prepared.S.astype(xp.float64)
+    if S.ndim == 1:
+        return inner * S**2 if diag else S[:, None] * inner * S[None, :]
+    if diag:
+        return ((S @ inner) * S).sum(axis=1)
+    return S @ inner @ S
+
+
+def agop_block_sum(
+    X: Any,
+    centers: Any,
+    coef: Any,
+    M: Any,
+    *,
+    kernel: str = "laplace",
+    bandwidth: float = 10.0,
+    diag: bool = False,
+) -> Any:
+    """AGOP partial sum ``sum_{x in X} J(x)^T J(x)`` of ``f = K_M(., centers) coef``.
+
+    Parameters
+    ----------
+    X : array, shape (b, d)
+    centers : array, shape (m, d)
+    coef : array, shape (m, c)
+    M : array, shape (d, d) or (d,)
+    kernel : {'laplace', 'gaussian'}
+    bandwidth : float
+    diag : bool
+
+    Returns
+    -------
+    array, shape (d, d) or (d,); float64
+    """
+    prepared = prepare_kernel(centers, M, kernel=kernel, bandwidth=bandwidth)
+    return kernel_agop_sum(prepared, X, coef, diag=diag)
+
+
+def average_gradient_outer_product(
+    gradient_fn: Callable[[Any], Any],
+    X: Any,
+    *,
+    batch_size: int = 4096,
+    diag: bool = False,
+) -> Any:
+    """AGOP ``(1/n) sum_x J(x)^T J(x)`` of any predictor that can give its input Jacobian.
+
+    Parameters
+    ----------
+    gradient_fn : callable
+        ``gradient_fn(X_block)`` with ``X_block`` of shape (b, d) returns Jacobians, shape (b, c, d).
+    X : array, shape (n, d)
+    batch_size : int
+        Rows per call of ``gradient_fn``.
+    diag : bool
+        Return the diagonal only.
+
+    Returns
+    -------
+    array, shape (d, d) or (d,); float64
+
+    Examples
+    --------
+    The AGOP of a linear map ``f(x) = W x`` is ``W^T W``:
+
+    >>> import numpy as np
+    >>> W = np.array([[1.0, 2.0], [0.0, 3.0]])
+    >>> X = np.random.default_rng(0).normal(size=(10, 2))
+    >>> average_gradient_outer_product(lambda B: np.broadcast_to(W, (len(B), 2, 2)), X)
+    array([[ 1.,  2.],
+           [ 2., 13.]])
+    """
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("Expected at least one point to average gradients over, found 0 rows.")
+    if batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1, found {batch_size}.")
+    total = None
+    for start in range(0, n, batch_size):
+        part = gradient_outer_product_sum(gradient_fn(X[start : start + batch_size]), diag=diag)
+        total = part if total is None else total + part
+    return total / n
+
+
+def normalized_diagonal(M: Any) -> np.ndarray:
+    """Feature importances: the diagonal of ``M`` divided by its largest entry (NumPy, shape (d,))."""
+    diag = np.asarray(M if np.ndim(M) == 1 else np.diagonal(M), dtype=np.float64)
+    top = diag.max() if diag.size else 0.0
+    return diag / top if top > 0 else diag

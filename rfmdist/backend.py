@@ -1,0 +1,135 @@
+"""Array namespaces: the only module of rfmdist that imports CuPy.
+
+Every other module asks :func:`get_namespace` for the namespace of its inputs and writes the same code
+for NumPy and CuPy arrays. CuPy imports on machines without a GPU but fails at the first allocation, so
+:func:`gpu_available` checks that an allocation succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def cupy_module() -> ModuleType:
+    """Return the CuPy module, or raise an ImportError that says how to install it."""
+    cupy = _cupy()
+    if cupy is None:
+        raise ImportError(
+            "GPU arrays need CuPy, which is not installed. "
+            "Install it with: pip install 'rfmdist[gpu]' (CUDA 12 wheels), or use device='cpu'."
+        )
+    return cupy
+
+
+def is_cupy_array(x: Any) -> bool:
+    """True if ``x`` is a CuPy ndarray (never imports CuPy when it is not loaded)."""
+    cupy = _cupy()
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def get_namespace(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``.
+
+    Mixing is refused: a NumPy array beside a CuPy one is almost always a bug that would cost a silent
+    device-to-host copy.
+    """
+    kinds = {is_cupy_array(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    if len(kinds) > 1:
+        raise TypeError(
+            "Expected all arrays on one device, found a mix of NumPy and CuPy arrays; "
+            "move them with rfmdist.backend.to_numpy or cupy.asarray first."
+        )
+    return cupy_module() if kinds == {True} else np
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Bring an array home: CuPy arrays are copied to the host, others go through ``np.asarray``."""
+    if is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray_like(x: Any, like: Any, dtype: Any = None) -> Any:
+    """Convert ``x`` to an array in the namespace (and device) of ``like``."""
+    xp = get_namespace(like)
+    return xp.asarray(x, dtype=dtype)
+
+
+@functools.cache
+def gpu_available() -> bool:
+    """True if CuPy is installed and can allocate on at least one CUDA device."""
+    cupy = _cupy()
+    if cupy is None:
+        return False
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        cupy.zeros(1)
+    except Exception as err:  # CUDA raises several unrelated types when no driver/device exists
+        logger.debug("CuPy is installed but cannot allocate on a GPU: %s", err)
+        return False
+    return True
+
+
+def single_threaded_blas() -> Any:
+    """Context limiting BLAS to one thread: OpenBLAS's threaded Cholesky and triangular solves were
+    measured up to 20x slower than single-threaded ones on 2-vCPU machines (DESIGN.md section 2)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def cholesky_lower(a: Any) -> Any:
+    """Lower Cholesky factor ``L`` with ``L L^T = a`` (a new array; ``a`` is left intact).
+
+    Parameters
+    ----------
+    a : array, shape (n, n)
+        Symmetric positive definite.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``a`` is not numerically positive definite (also for CuPy, which reports it as NaNs).
+    """
+    xp = get_namespace(a)
+    if xp is np:
+        import scipy.linalg
+
+        with single_threaded_blas():
+            return scipy.linalg.cholesky(a, lower=True, check_finite=False)
+    low = xp.linalg.cholesky(a)
+    if not bool(xp.isfinite(low).all()):
+        raise np.linalg.LinAlgError("Cholesky factorisation failed: matrix not positive definite")
+    return low
+
+
+def solve_triangular(a: Any, b: Any, *, lower: bool, trans: bool = False) -> Any:
+    """Solve ``a x = b`` (or ``a^T x = b`` with ``trans``) for a triangular ``a``, NumPy or CuPy."""
+    xp = get_namespace(a, b)
+    if xp is np:
+        import scipy.linalg
+
+        with single_threaded_blas():
+            return scipy.linalg.solve_triangular(
+                a, b, lower=lower, trans="T" if trans else "N", check_finite=False
+            )
+    from cupyx.scipy.linalg import solve_triangular as cupy_solve_triangular
+
+    return cupy_solve_triangular(a, b, lower=lower, trans="T" if trans else "N")

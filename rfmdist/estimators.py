@@ -1,0 +1,569 @@
+"""scikit-learn estimators: :class:`RFMRegressor` and :class:`RFMClassifier`.
+
+``__init__`` stores parameters only; ``fit`` validates them against :data:`PARAMETERS`, checks the data,
+runs the rounds of :mod:`rfmdist.training` and keeps the best one.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d, validate_data
+
+from rfmdist.agop import normalized_diagonal
+from rfmdist.backend import get_namespace, is_cupy_array, to_numpy
+from rfmdist.data import (
+    check_dask_features,
+    check_finite,
+    check_length_match,
+    check_min_samples,
+    check_non_numeric_frame,
+    check_one_dimensional,
+    is_dask_array,
+    is_dataframe,
+    is_store_path,
+    open_zarr_xy,
+    regression_targets,
+)
+from rfmdist.exceptions import NotFittedError
+from rfmdist.kernels import KERNELS
+from rfmdist.model import KernelMachine, Standardizer
+from rfmdist.operators import chunk_rows_for
+from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
+from rfmdist.training import (
+    AUTO_CENTERS,
+    RoundConfig,
+    RoundOutcome,
+    TrainingData,
+    iterate_rounds,
+    kernel_cache_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+PARAMETERS: dict[str, tuple[Any, ...]] = {
+    "kernel": (Options(KERNELS),),
+    "bandwidth": (Interval(float, 0, None, "neither"),),
+    "reg": (Interval(float, 0, None, "neither"),),
+    "iters": (Interval(int, 0, None),),
+    "diag": (Options((True, False)),),
+    "agop_samples": (Interval(int, 1, None), NoneValue()),
+    "centers": (Options(("auto",)), NoneValue(), Interval(int, 1, None), ArrayLike()),
+    "solver": (Options(("auto", "direct", "pcg")),),
+    "standardize": (Options((True, False)),),
+    "tol": (Interval(float, 0, 1, "neither"), NoneValue()),
+    "max_iter": (Interval(int, 1, None),),
+    "preconditioner_rank": (Interval(int, 1, None),),
+    "cache_kernel": (Options(("auto", True, False)),),
+    "split_every": (Interval(int, 2, None),),
+    "random_state": (RandomState(),),
+    "dtype": (Options(("float32", "float64")),),
+}
+
+
+class _RFMBase(BaseEstimator):
+    """Shared parameters and the fit loop of the RFM estimators.
+
+    Parameters
+    ----------
+    kernel : {'laplace', 'gaussian'}, default='laplace'
+        ``exp(-||x - z||_M / L)`` or ``exp(-||x - z||_M^2 / (2 L^2))``.
+    bandwidth : float, default=10.0
+        ``L`` (the paper's default).
+    reg : float, default=1e-3
+        Ridge ``lambda`` of ``(K + lambda I) a = Y`` (the Nyström system uses the same scale).
+    iters : int, default=5
+        Number of feature-matrix updates; rounds ``0 .. iters`` are fitted (round 0 is the plain
+        kernel, ``M = I``).
+    diag : bool, default=False
+        Learn a diagonal ``M`` (one weight per feature) instead of a full ``d x d`` matrix.
+    agop_samples : int or None, default=20000
+        Rows (drawn at random each round, seeded) on which the AGOP is estimated; None for all.
+    centers : 'auto', None, int or array of shape (m, d), default='auto'
+        None: all rows (exact system). int: that many rows drawn uniformly as Nyström centers.
+        array: explicit centers (raw feature space). 'auto': all rows up to 20,000, else 20,000 centers.
+    solver : {'auto', 'direct', 'pcg'}, default='auto'
+        'auto': Cholesky for exact systems in memory up to 10,000 rows, else preconditioned CG.
+    standardize : bool, default=True
+        Center and scale the features (and regression targets) with training statistics.
+    tol : float or None, default=None
+        PCG relative residual target; None: 1e-4 for float32, 1e-7 for float64.
+    max_iter : int, default=300
+        PCG iterations per round.
+    preconditioner_rank : int, default=500
+        Sketch rank of the Nyström preconditioner of the exact system.
+    cache_kernel : 'auto' or bool, default='auto'
+        Keep a round's ``n x m`` kernel for the solver passes ('auto': when it fits
+        ``RFMDIST_KERNEL_CACHE_BYTES``, 2 GiB by default).
+    split_every : int, default=8
+        Fan-in of the tree reductions over Dask chunks.
+    random_state : int, Generator, RandomState or None, default=None
+        Seeds centers, AGOP subsets and sketches.
+    dtype : {'float32', 'float64'}, default='float64'
+        Precision of the kernel computations (solver state is float64 in both). float32 is faster
+        but its GEMM distances are too coarse for feature-learned kernels of data with near-duplicate
+        rows in the learned metric (measured: a kernel indefinite by more than reg on cpu_act).
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel: str = "laplace",
+        bandwidth: float = 10.0,
+        reg: float = 1e-3,
+        iters: int = 5,
+        diag: bool = False,
+        agop_samples: int | None = 20_000,
+        centers: Any = "auto",
+        solver: str = "auto",
+        standardize: bool = True,
+        tol: float | None = None,
+        max_iter: int = 300,
+        preconditioner_rank: int = 500,
+        cache_kernel: bool | str = "auto",
+        split_every: int = 8,
+        random_state: Any = None,
+        dtype: str = "float64",
+    ) -> None:
+        self.kernel = kernel
+        self.bandwidth = bandwidth
+        self.reg = reg
+        self.iters = iters
+        self.diag = diag
+        self.agop_samples = agop_samples
+        self.centers = centers
+        self.solver = solver
+        self.standardize = standardize
+        self.tol = tol
+        self.max_iter = max_iter
+        self.preconditioner_rank = preconditioner_rank
+        self.cache_kernel = cache_kernel
+        self.split_every = split_every
+        self.random_state = random_state
+        self.dtype = dtype
+
+    # --- hooks the two estimators fill in ----------------------------------------------------------
+
+    def _prepare_targets(self, y: Any, n: int) -> Any:
+        raise NotImplementedError
+
+    def _target_scaling(self, Y: Any) -> Standardizer:
+        return Standardizer()
+
+    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def _is_better(self, new: float, best: float) -> bool:
+        raise NotImplementedError
+
+    def _validation_truth(self, y: Any, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- fitting -----------------------------------------------------------------------------------
+
+    def _round_config(self, seed: int) -> RoundConfig:
+        dtype = np.dtype(self.dtype)
+        tol = self.tol if self.tol is not None else (1e-4 if dtype == np.float32 else 1e-7)
+        return RoundConfig(
+            kernel=self.kernel,
+            bandwidth=float(self.bandwidth),
+            reg=float(self.reg),
+            iters=int(self.iters),
+            diag=bool(self.diag),
+            agop_samples=None if self.agop_samples is None else int(self.agop_samples),
+            solver=self.solver,
+            tol=float(tol),
+            max_iter=int(self.max_iter),
+            preconditioner_rank=int(self.preconditioner_rank),
+            cache_kernel=self.cache_kernel,
+            split_every=int(self.split_every),
+            dtype=dtype,
+            seed=seed,
+        )
+
+    def _check_features(self, X: Any, *, reset: bool) -> Any:
+        """Validate features; return NumPy/CuPy or a Dask array (raw, not preprocessed)."""
+        if is_store_path(X):
+            X, _ = open_zarr_xy(X)
+        if is_dask_array(X):
+            if not reset:
+                self._check_fitted()
+            X = check_dask_features(X, n_features=None if reset else self.n_features_in_)
+            if reset:
+                self.n_features_in_ = int(X.shape[1])
+            return X
+        check_one_dimensional(X)
+        if is_cupy_array(X):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D CuPy array X, found shape {X.shape}.")
+            if not reset:
+                self._check_fitted()
+                self._check_n_features(X.shape[1])
+            else:
+                self.n_features_in_ = int(X.shape[1])
+            check_finite(X)
+            return X
+        if is_dataframe(X):
+            check_non_numeric_frame(X)
+        if not reset:
+            self._check_fitted()
+            shape = getattr(X, "shape", None)
+            if shape is not None and len(shape) == 2:
+                self._check_n_features(shape[1])
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            ensure_all_finite=False,
+            ensure_min_samples=1,
+        )
+        check_finite(X)
+        return X
+
+    def _check_n_features(self, found: int) -> None:
+        if found != self.n_features_in_:
+            raise ValueError(
+                f"X has {found} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (as in fit); pass the same columns in the "
+                "same order."
+            )
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet; call 'fit' with training "
+                "data before using it."
+            )
+
+    def _training_data(self, X: Any, Y: Any, seed: int, config: RoundConfig) -> TrainingData:
+        """Preprocess, choose the centers and wrap the rows for the round loop."""
+        import dask.array as da
+
+        dtype = config.dtype
+        n = int(X.shape[0])
+        if not is_dask_array(X) and _active_client() is not None:
+            rows = chunk_rows_for(n, min(n, AUTO_CENTERS), X.shape[1], dtype.itemsize, 2)
+            X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
+            Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
+        preprocessing = Standardizer.fit(X) if self.standardize else Standardizer()
+        Xp = preprocessing.transform(X, dtype)
+        if is_dask_array(Xp):
+            if Xp.nbytes <= kernel_cache_bytes():
+                Xp = Xp.persist()
+            if not is_dask_array(Y):
+                Y = da.from_array(np.asarray(Y), chunks=(Xp.chunks[0], Y.shape[1]))
+            Y = Y.rechunk({0: Xp.chunks[0]})
+        center_rows, centers = self._choose_centers(Xp, n, seed, preprocessing, dtype)
+        return TrainingData(
+            X=Xp,
+            Y=Y,
+            score=lambda pred: self._score_predictions(pred, self._train_truth),
+            center_rows=center_rows,
+            centers=centers,
+            preprocessing=preprocessing,
+        )
+
+    def _choose_centers(
+        self, Xp: Any, n: int, seed: int, preprocessing: Standardizer, dtype: np.dtype
+    ) -> tuple[np.ndarray | None, Any]:
+        spec = self.centers
+        if spec == "auto" if isinstance(spec, str) else False:
+            spec = None if n <= AUTO_CENTERS else AUTO_CENTERS
+        if spec is None or (isinstance(spec, numbers.Integral) and spec >= n):
+            centers = Xp.compute() if is_dask_array(Xp) else Xp
+            return None, centers
+        if isinstance(spec, numbers.Integral):
+            rng = np.random.default_rng([seed, 0])
+            rows = np.sort(rng.choice(n, size=int(spec), replace=False))
+            centers = Xp[rows]
+            return rows, centers.compute() if is_dask_array(centers) else centers
+        given = to_numpy(spec)
+        if given.ndim != 2 or given.shape[1] != Xp.shape[1]:
+            raise ValueError(
+                f"Expected centers of shape (m, {Xp.shape[1]}), found {given.shape}; pass rows with "
+                "the training features' columns."
+            )
+        check_finite(given, name="centers")
+        like = Xp._meta if is_dask_array(Xp) else Xp
+        centers = preprocessing.transform(get_namespace(like).asarray(given), dtype)
+        return np.full(len(given), -1), centers
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        eval_set: tuple[Any, Any] | None = None,
+        *,
+        callback: Callable[[RoundOutcome], bool | None] | None = None,
+    ) -> _RFMBase:
+        """Fit rounds ``0 .. iters`` and keep the best (on ``eval_set``) or the last.
+
+        Parameters
+        ----------
+        X : array-like, dask array or str, shape (n, d)
+            NumPy, pandas, CuPy, Dask, or the path of a Zarr group with arrays ``X`` and ``y``.
+        y : array-like or dask array, shape (n,) or (n, c)
+            Targets (taken from the Zarr group when ``X`` is a path and ``y`` is None).
+        eval_set : (X_val, y_val), optional
+            Validation data: every round is scored on it and the best round is kept.
+        callback : callable, optional
+            Called with each finished round's :class:`~rfmdist.training.RoundOutcome`; returning True
+            stops the fit after that round.
+
+        Returns
+        -------
+        self
+        """
+        validate_params(type(self).__name__, self.get_params(deep=False), PARAMETERS)
+        if is_store_path(X):
+            X, y_store = open_zarr_xy(X)
+            y = y_store if y is None else y
+        if y is None:
+            raise ValueError(
+                f"Expected targets y: {type(self).__name__} requires y to be passed, but the target "
+                "y is None; pass y (or a Zarr group that holds an array 'y')."
+            )
+        for attr in ("model_", "history_"):
+            self.__dict__.pop(attr, None)
+        X = self._check_features(X, reset=True)
+        n = int(X.shape[0])
+        check_min_samples(n)
+        Y = self._prepare_targets(y, n)
+        target_scaling = self._target_scaling(Y)
+        Y = target_scaling.transform(Y, np.float64)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        config = self._round_config(seed)
+        data = self._training_data(X, Y, seed, config)
+        data.target_scaling = target_scaling
+        validation = None
+        if eval_set is not None:
+            X_val, y_val = eval_set
+            X_val = self._check_eval_features(X_val)
+            truth = self._validation_truth(y_val, int(X_val.shape[0]))
+            validation = (X_val, lambda pred: self._score_predictions(pred, truth))
+        self.history_ = []
+        self.M_history_ = []
+        best: RoundOutcome | None = None
+        for outcome in iterate_rounds(data, config, validation=validation):
+            self.history_.append(outcome.record)
+            self.M_history_.append(outcome.machine.M)
+            better = best is None or (
+                validation is not None
+                and self._is_better(outcome.record["val_score"], best.record["val_score"])
+            )
+            if validation is None or better:
+                best = outcome
+            if callback is not None and callback(outcome):
+                break
+        self._set_fitted(best)
+        return self
+
+    def _check_eval_features(self, X_val: Any) -> Any:
+        X_val = self._check_features_like_fit(X_val)
+        return X_val
+
+    def _check_features_like_fit(self, X: Any) -> Any:
+        """Validate features against the fitted feature count (also during fit)."""
+        if is_dask_array(X):
+            return check_dask_features(X, n_features=self.n_features_in_, name="X_val")
+        check_one_dimensional(X, name="X_val")
+        if is_cupy_array(X):
+            check_finite(X, name="X_val")
+            return X
+        if is_dataframe(X):
+            check_non_numeric_frame(X)
+        arr = (
+            np.asarray(X, dtype=np.float64)
+            if not hasattr(X, "dtype") or X.dtype.kind != "f"
+            else np.asarray(X)
+        )
+        if arr.ndim != 2:
+            raise ValueError(f"Expected a 2-D X_val, found shape {arr.shape}.")
+        self._check_n_features(arr.shape[1])
+        check_finite(arr, name="X_val")
+        return arr
+
+    def _set_fitted(self, best: RoundOutcome) -> None:
+        self.model_: KernelMachine = best.machine
+        self.best_iter_ = int(best.round)
+        self.n_iter_ = len(self.history_)
+        self.M_ = best.machine.M
+        self.feature_importances_ = normalized_diagonal(self.M_)
+        self.coef_ = best.machine.coef
+        self.centers_ = best.machine.centers
+
+    # --- prediction --------------------------------------------------------------------------------
+
+    def _decision(self, X: Any) -> Any:
+        self._check_fitted()
+        X = self._check_features(X, reset=False)
+        return self.model_.decision(X)
+
+
+def _active_client() -> Any:
+    """The active ``distributed`` client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+class RFMRegressor(RegressorMixin, _RFMBase):
+    """Recursive Feature Machine regressor (kernel ridge regression with a learned feature matrix).
+
+    Multi-output targets of shape (n, c) are supported. ``score`` is R^2; the per-round history
+    records the mean squared error.
+
+    Parameters are those of the shared base; see the class docstring of ``_RFMBase`` printed below.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rfmdist import RFMRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 5))
+    >>> y = X[:, 0] * X[:, 1]
+    >>> model = RFMRegressor(iters=2, random_state=0).fit(X, y)
+    >>> int(np.argmax(model.feature_importances_)) in (0, 1)
+    True
+    """
+
+    __doc__ += _RFMBase.__doc__.split("Parameters\n    ----------", 1)[1]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def _prepare_targets(self, y: Any, n: int) -> Any:
+        Y, self._y_1d = regression_targets(y, n)
+        self._train_truth = to_numpy(Y.compute() if is_dask_array(Y) else Y).astype(np.float64)
+        if is_dask_array(Y):
+            return Y.astype(np.float64)
+        return get_namespace(Y).asarray(Y, dtype=np.float64)
+
+    def _target_scaling(self, Y: Any) -> Standardizer:
+        """Standardise regression targets (with ``standardize``): the raw AGOP then has the same scale
+        whatever the targets' units, so one bandwidth and ridge fit all problems."""
+        return Standardizer.fit(Y) if self.standardize else Standardizer()
+
+    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        return float(np.mean((pred - truth) ** 2))
+
+    def _is_better(self, new: float, best: float) -> bool:
+        return new < best
+
+    def _validation_truth(self, y: Any, n: int) -> np.ndarray:
+        Y, _ = regression_targets(y, n)
+        Y = Y.compute() if is_dask_array(Y) else Y
+        return to_numpy(Y).astype(np.float64)
+
+    def predict(self, X: Any) -> Any:
+        """Predicted targets.
+
+        Parameters
+        ----------
+        X : array-like, dask array or str, shape (n, d)
+
+        Returns
+        -------
+        array, shape (n,) or (n, c)
+            NumPy for NumPy/pandas input, CuPy for CuPy, a lazy Dask array for Dask/Zarr input.
+        """
+        pred = self._decision(X)
+        return pred[:, 0] if self._y_1d else pred
+
+
+class RFMClassifier(ClassifierMixin, _RFMBase):
+    """Recursive Feature Machine classifier: kernel regression on one-hot targets, argmax to predict.
+
+    ``score`` and the per-round history use accuracy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rfmdist import RFMClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 4))
+    >>> y = np.where(X[:, 2] > 0, "yes", "no")
+    >>> clf = RFMClassifier(iters=1, random_state=0).fit(X, y)
+    >>> clf.classes_.tolist(), clf.score(X, y) > 0.95
+    (['no', 'yes'], True)
+    """
+
+    __doc__ += _RFMBase.__doc__.split("Parameters\n    ----------", 1)[1]
+
+    def _prepare_targets(self, y: Any, n: int) -> Any:
+        if is_dask_array(y):
+            y = y.compute()
+        y = column_or_1d(to_numpy(y), warn=True)
+        check_length_match(n, y.shape[0])
+        check_classification_targets(y)
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"Expected at least 2 classes in y, found 1 class ({classes[0]!r}); a classifier "
+                "needs examples of more than one class."
+            )
+        self.classes_ = classes
+        self._train_truth = encoded
+        return np.eye(len(classes), dtype=np.float64)[encoded]
+
+    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        return float(np.mean(np.argmax(pred, axis=1) == truth))
+
+    def _is_better(self, new: float, best: float) -> bool:
+        return new > best
+
+    def _validation_truth(self, y: Any, n: int) -> np.ndarray:
+        if is_dask_array(y):
+            y = y.compute()
+        y = column_or_1d(to_numpy(y))
+        check_length_match(n, y.shape[0])
+        index = np.searchsorted(self.classes_, y)
+        index = np.clip(index, 0, len(self.classes_) - 1)
+        return np.where(self.classes_[index] == y, index, -1)  # unseen labels never match
+
+    def decision_function(self, X: Any) -> Any:
+        """Class scores: (n, k) for k > 2 classes, the margin ``f_1 - f_0`` (n,) for two.
+
+        Parameters
+        ----------
+        X : array-like, dask array or str, shape (n, d)
+        """
+        scores = self._decision(X)
+        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+
+    def predict(self, X: Any) -> Any:
+        """Predicted class labels, shape (n,) (NumPy, CuPy or lazy Dask like the input)."""
+        scores = self._decision(X)
+        if is_dask_array(scores):
+            classes = self.classes_
+            return scores.map_blocks(
+                lambda s: classes[to_numpy(s).argmax(axis=1)],
+                drop_axis=1,
+                dtype=classes.dtype,
+                meta=np.empty((0,), dtype=classes.dtype),
+            )
+        xp = get_namespace(scores)
+        index = scores.argmax(axis=1)
+        if xp is np:
+            return self.classes_[index]
+        return (
+            xp.asarray(self.classes_)[index]
+            if self.classes_.dtype.kind in "iufb"
+            else self.classes_[to_numpy(index)]
+        )

@@ -1,0 +1,361 @@
+"""Kernel operators over row blocks: the passes over the data that every solver and the AGOP use.
+
+An operator binds the training rows ``X`` (n x d) to one round's kernel (:class:`PreparedKernel`, with
+its ``m`` centers) and offers, without ever holding more than one row block of the ``n x m`` kernel
+(unless asked to cache it):
+
+- ``matvec(V)``         ``K(X, Z) V``           (n, c)
+- ``rmatvec(U)``        ``K(X, Z)^T U``         (m, c)
+- ``normal_matvec(V)``  ``K^T (K V)``           (m, c), each block's kernel computed once per pass
+- ``agop_sum(coef)``    ``sum_x J(x)^T J(x)``   (d, d) or (d,), float64
+
+:class:`BlockedKernelOperator` loops over row blocks of an in-memory NumPy/CuPy array;
+:class:`DaskKernelOperator` runs one graph per pass over a row-chunked Dask array and adds the per-chunk
+partial results by a tree reduction. Both use the same block functions.
+
+Products are computed in the kernel's dtype and returned in the dtype of ``V`` (float64 solver state over
+a float32 kernel is the usual mixed precision).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from rfmdist.agop import kernel_agop_sum
+from rfmdist.backend import get_namespace
+from rfmdist.kernels import PreparedKernel
+
+logger = logging.getLogger(__name__)
+
+# Target bytes of one (b x m) kernel block in the blocked loop: large enough for GEMM efficiency,
+# small enough to stay near the caches and keep peak memory low.
+BLOCK_BYTES = 32 * 2**20
+
+
+def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Rows per block so that one ``b x m`` kernel block takes about ``block_bytes``."""
+    return max(64, block_bytes // max(1, n_centers * itemsize))
+
+
+# --- block functions shared by the in-memory loop and the Dask tasks -------------------------------
+
+
+def _block_matvec(K: Any, V: Any) -> Any:
+    return K @ V.astype(K.dtype, copy=False)
+
+
+def _block_rmatvec(K: Any, U: Any) -> Any:
+    return K.T @ U.astype(K.dtype, copy=False)
+
+
+def _block_normal(K: Any, V: Any) -> Any:
+    return K.T @ (K @ V.astype(K.dtype, copy=False))
+
+
+class BlockedKernelOperator:
+    """Kernel passes over an in-memory array, one row block at a time.
+
+    Parameters
+    ----------
+    X : array, shape (n, d)
+        NumPy or CuPy rows.
+    prepared : PreparedKernel
+    cache : bool
+        Keep the whole ``n x m`` kernel after the first pass (fast solver iterations when it fits).
+    block_rows : int, optional
+        Rows per block; by default about ``BLOCK_BYTES`` of kernel per block.
+    """
+
+    def __init__(
+        self,
+        X: Any,
+        prepared: PreparedKernel,
+        *,
+        cache: bool = False,
+        block_rows: int | None = None,
+    ) -> None:
+        self.X = X
+        self.prepared = prepared
+        self.cache = cache
+        itemsize = np.dtype(prepared.centers_t.dtype).itemsize
+        self.block_rows = block_rows or rows_per_block(prepared.n_centers, itemsize)
+        self._cached: Any = None
+
+    @property
+    def n_rows(self) -> int:
+        """Number of data rows ``n``."""
+        return int(self.X.shape[0])
+
+    def _slices(self) -> list[slice]:
+        return [
+            slice(start, min(start + self.block_rows, self.n_rows))
+            for start in range(0, self.n_rows, self.block_rows)
+        ]
+
+    def _blocks(self):
+        """Yield ``(slice, kernel block)`` over the rows."""
+        if self.cache and self._cached is None:
+            self._cached = self.dense()
+        for rows in self._slices():
+            if self._cached is not None:
+                yield rows, self._cached[rows]
+            else:
+                yield rows, self.prepared.block(self.X[rows])
+
+    def dense(self) -> Any:
+        """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
+        if self._cached is not None:
+            return self._cached
+        xp = get_namespace(self.X)
+        out = xp.empty((self.n_rows, self.prepared.n_centers), dtype=self.prepared.centers_t.dtype)
+        for rows in self._slices():
+            out[rows] = self.prepared.block(self.X[rows])
+        return out
+
+    def matvec(self, V: Any) -> Any:
+        """``K(X, Z) V``; V shape (m, c), result (n, c) in V's dtype."""
+        xp = get_namespace(V)
+        out = xp.empty((self.n_rows, V.shape[1]), dtype=V.dtype)
+        for rows, K in self._blocks():
+            out[rows] = _block_matvec(K, V)
+        return out
+
+    def rmatvec(self, U: Any) -> Any:
+        """``K(X, Z)^T U``; U shape (n, c), result (m, c) in U's dtype."""
+        total = None
+        for rows, K in self._blocks():
+            part = _block_rmatvec(K, U[rows])
+            total = part if total is None else total + part
+        return total.astype(U.dtype, copy=False)
+
+    def normal_matvec(self, V: Any) -> Any:
+        """``K^T (K V)``; V shape (m, c), result (m, c) in V's dtype."""
+        total = None
+        for _, K in self._blocks():
+            part = _block_normal(K, V)
+            total = part if total is None else total + part
+        return total.astype(V.dtype, copy=False)
+
+    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
+        """AGOP partial sum over (a subset of) the rows.
+
+        Parameters
+        ----------
+        coef : array, shape (m, c)
+        diag : bool
+        rows : array of int, optional
+            Row indices (sorted) at which the gradients are taken; all rows by default.
+
+        Returns
+        -------
+        array, shape (d, d) or (d,); float64
+        """
+        X = self.X if rows is None else self.X[rows]
+        # The gradient holds a few (b x m) temporaries and a (b x c x d) tensor: smaller blocks.
+        step = max(16, self.block_rows // 4)
+        total = None
+        for start in range(0, X.shape[0], step):
+            part = kernel_agop_sum(self.prepared, X[start : start + step], coef, diag=diag)
+            total = part if total is None else total + part
+        return total
+
+    def predict(self, coef: Any) -> Any:
+        """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
+        return self.matvec(coef)
+
+
+class DaskKernelOperator:
+    """Kernel passes over a row-chunked Dask array: one graph per pass, tree-reduced.
+
+    The prepared kernel is sent to the workers once (scattered when a ``distributed`` client is
+    active) and reused by every pass of the round; the pass's small operand (``V``) is part of that
+    pass's graph once.
+
+    Parameters
+    ----------
+    X : dask.array.Array, shape (n, d)
+        Chunked by rows only.
+    prepared : PreparedKernel
+    cache : bool
+        Persist the ``n x m`` kernel chunks (on the workers) after the first pass.
+    split_every : int
+        Fan-in of the tree reduction of per-chunk partial sums.
+    """
+
+    def __init__(
+        self,
+        X: Any,
+        prepared: PreparedKernel,
+        *,
+        cache: bool = False,
+        split_every: int = 8,
+    ) -> None:
+        self.X = X
+        self.prepared = prepared
+        self.cache = cache
+        self.split_every = split_every
+        self._shared = share_with_workers(prepared)
+        self._cached: Any = None
+
+    @property
+    def n_rows(self) -> int:
+        """Number of data rows ``n``."""
+        return int(self.X.shape[0])
+
+    def _kernel_array(self) -> Any:
+        """The kernel as a lazy (or persisted) Dask array with the row chunks of X."""
+        import dask.array as da
+
+        if self._cached is not None:
+            return self._cached
+        m = self.prepared.n_centers
+        dtype = self.prepared.centers_t.dtype
+        K = da.map_blocks(
+            _kernel_task,
+            self.X,
+            self._shared,
+            chunks=(self.X.chunks[0], (m,)),
+            dtype=dtype,
+            meta=self.X._meta.astype(dtype),
+        )
+        if self.cache:
+            self._cached = K.persist()
+            return self._cached
+        return K
+
+    def _reduce(self, func: Any, operand: Any, width: int, dtype: Any, *extra: Any) -> Any:
+        import dask.array as da
+
+        K = self._kernel_array()
+        m = self.prepared.n_centers
+        n_chunks = len(K.chunks[0])
+        parts = da.map_blocks(
+            _partial_task,
+            K,
+            *extra,
+            func=func,
+            operand=operand,
+            new_axis=[2],
+            chunks=((1,) * n_chunks, (m,), (width,)),
+            dtype=dtype,
+            meta=self.X._meta.astype(dtype)[None],
+        )
+        return parts.sum(axis=0, split_every=self.split_every).compute()
+
+    def matvec(self, V: Any) -> Any:
+        """``K(X, Z) V``; V shape (m, c), result (n, c) computed on the client in V's dtype."""
+        import dask.array as da
+
+        K = self._kernel_array()
+        out = da.map_blocks(
+            _block_matvec,
+            K,
+            V,
+            chunks=(K.chunks[0], (V.shape[1],)),
+            dtype=K.dtype,
+            meta=K._meta,
+        )
+        return out.compute().astype(V.dtype, copy=False)
+
+    def normal_matvec(self, V: Any) -> Any:
+        """``K^T (K V)``, fused per chunk; V shape (m, c), result (m, c)."""
+        return self._reduce(_block_normal, V, V.shape[1], self.prepared.centers_t.dtype).astype(
+            V.dtype, copy=False
+        )
+
+    def rmatvec(self, U: Any) -> Any:
+        """``K(X, Z)^T U``; U a Dask array (n, c) with the row chunks of X. Result (m, c)."""
+        width = U.shape[1]
+        return self._reduce(
+            None, None, width, self.prepared.centers_t.dtype, U.rechunk({0: self.X.chunks[0]})
+        ).astype(U.dtype, copy=False)
+
+    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
+        """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)."""
+        import dask.array as da
+
+        X = self.X if rows is None else self.X[rows]
+        X = X[:, :]  # a fresh graph layer even when rows is None
+        d = X.shape[1]
+        n_chunks = len(X.chunks[0])
+        shape = (d,) if diag else (d, d)
+        parts = da.map_blocks(
+            _agop_task,
+            X,
+            self._shared,
+            coef,
+            diag=diag,
+            new_axis=[2] if not diag else [],
+            chunks=((1,) * n_chunks, *((s,) for s in shape)),
+            dtype=np.float64,
+            meta=X._meta.astype(np.float64)[None] if not diag else X._meta.astype(np.float64),
+        )
+        return parts.sum(axis=0, split_every=self.split_every).compute()
+
+    def predict(self, coef: Any) -> Any:
+        """Lazy predictions ``K(X, Z) coef``: a Dask array (n, c) with the row chunks of X."""
+        import dask.array as da
+
+        return da.map_blocks(
+            _predict_task,
+            self.X,
+            self._shared,
+            coef,
+            chunks=(self.X.chunks[0], (coef.shape[1],)),
+            dtype=coef.dtype,
+            meta=self.X._meta.astype(coef.dtype),
+        )
+
+
+def _kernel_task(x_block: Any, prepared: PreparedKernel) -> Any:
+    return prepared.block(x_block)
+
+
+def _partial_task(K: Any, *extra: Any, func: Any, operand: Any) -> Any:
+    if func is None:  # rmatvec: the operand is the aligned U block
+        return _block_rmatvec(K, extra[0])[None]
+    return func(K, operand)[None]
+
+
+def _agop_task(x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool) -> Any:
+    return kernel_agop_sum(prepared, x_block, coef, diag=diag)[None]
+
+
+def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
+    return _block_matvec(prepared.block(x_block), coef).astype(coef.dtype, copy=False)
+
+
+def share_with_workers(obj: Any) -> Any:
+    """Send ``obj`` to every worker once when a ``distributed`` client is active; else return it.
+
+    The result can be passed to ``map_blocks`` like the object itself.
+    """
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        return obj
+    try:
+        client = default_client()
+    except ValueError:
+        return obj
+    return client.scatter(obj, broadcast=True, hash=False)
+
+
+def chunk_rows_for(n_rows: int, n_centers: int, d: int, itemsize: int, n_workers: int = 1) -> int:
+    """A row-chunk size for Dask passes: about 100 ms of kernel work and at least one chunk per worker.
+
+    Parameters
+    ----------
+    n_rows, n_centers, d : int
+    itemsize : int
+    n_workers : int
+    """
+    target_flops = 2e9  # ~0.1 s at tens of GFLOP/s including exp/sqrt
+    by_work = math.ceil(target_flops / max(1.0, 2.0 * n_centers * (d + 8)))
+    by_memory = rows_per_block(n_centers, itemsize, block_bytes=256 * 2**20)
+    by_spread = math.ceil(n_rows / max(1, n_workers))
+    return int(max(1, min(max(by_work, 1024), by_memory, by_spread)))

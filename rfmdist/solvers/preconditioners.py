@@ -1,0 +1,151 @@
+"""Preconditioners for kernel systems: symmetric positive definite operators ``R -> P^{-1} R``.
+
+- :class:`NystromPreconditioner` (for the exact system ``(K + reg I) a = y``): the randomized Nyström
+  preconditioner of Frangella, Tropp and Udell (2023). A rank-``r`` sketch ``K ~ U diag(lam) U^T`` from
+  ``K Omega`` gives ``P^{-1} = U diag((lam_r + reg) / (lam + reg)) U^T + (I - U U^T)``: the top ``r``
+  eigen-directions of ``K`` are flattened to the level of the rest, as in EigenPro, but the operator stays
+  symmetric positive definite whatever the spectrum, which is what keeps it valid on the ill-conditioned
+  kernels of later RFM rounds (a flattening built from Nyström-extended eigenvectors that were not
+  orthonormal did not converge there: see DESIGN.md section 2).
+- :class:`CentersPreconditioner` (for the Nyström-centers system ``(K_nm^T K_nm + reg K_mm) b = K_nm^T y``):
+  Falkon's preconditioner. With centers drawn uniformly, ``K_nm^T K_nm ~ (n/m) K_mm^2``; with
+  ``T^T T = K_mm`` and ``R^T R = (n/m) T T^T + reg I`` the system matrix is ``~ (RT)^T (RT)`` and
+  ``P^{-1} = T^{-1} R^{-1} R^{-T} T^{-T}``. Exact when the centers are all the points.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rfmdist.backend import get_namespace, solve_triangular
+from rfmdist.solvers.direct import cholesky_jittered
+
+logger = logging.getLogger(__name__)
+
+
+class NystromPreconditioner:
+    """Randomized Nyström preconditioner for ``K + shift I``.
+
+    Parameters
+    ----------
+    U : array, shape (n, r)
+        Orthonormal approximate top eigenvectors of ``K``.
+    eigenvalues : array, shape (r,)
+        Their approximate eigenvalues, descending.
+    shift : float
+        The system's ridge.
+    """
+
+    def __init__(self, U: Any, eigenvalues: Any, shift: float) -> None:
+        self.U = U
+        self.eigenvalues = eigenvalues
+        self.shift = float(shift)
+        floor = eigenvalues[-1] + self.shift
+        self._scale_minus_one = floor / (eigenvalues + self.shift) - 1.0
+
+    @classmethod
+    def from_matvec(
+        cls,
+        matvec: Callable[[Any], Any],
+        n: int,
+        *,
+        rank: int,
+        shift: float,
+        rng: np.random.Generator,
+        like: Any,
+    ) -> NystromPreconditioner:
+        """Sketch ``K`` with one product ``K Omega`` and build the preconditioner.
+
+        Uses the numerically stable shifted Nyström approximation (Tropp et al. 2017).
+
+        Parameters
+        ----------
+        matvec : callable
+            ``matvec(V)`` returns ``K V`` for ``V`` of shape (n, r) (without the shift).
+        n : int
+        rank : int
+            Sketch size ``r`` (capped at ``n``).
+        shift : float
+        rng : numpy.random.Generator
+        like : array
+            An array in the namespace and float dtype the sketch should use.
+        """
+        xp = get_namespace(like)
+        rank = max(1, min(rank, n))
+        omega, _ = xp.linalg.qr(xp.asarray(rng.standard_normal((n, rank)), dtype=like.dtype))
+        sketch = matvec(omega)
+        eps = float(np.finfo(like.dtype).eps)
+        nu = eps * float(xp.linalg.norm(sketch)) * np.sqrt(n)
+        sketch = sketch + nu * omega
+        factor, _ = cholesky_jittered(
+            (omega.T @ sketch + sketch.T @ omega) / 2, 0.0, what="the Nystrom sketch core"
+        )
+        basis = solve_triangular(factor, sketch.T, lower=True).T  # sketch @ factor^{-T}
+        U, sigma, _ = xp.linalg.svd(basis, full_matrices=False)
+        eigenvalues = xp.clip(sigma**2 - nu, 0, None)
+        logger.debug(
+            "Nystrom preconditioner: rank %d, eigenvalues %.3g .. %.3g, shift %.3g",
+            rank,
+            float(eigenvalues[0]),
+            float(eigenvalues[-1]),
+            shift,
+        )
+        return cls(U, eigenvalues, shift)
+
+    def __call__(self, R: Any) -> Any:
+        """Apply ``P^{-1}`` to ``R`` of shape (n, c)."""
+        return R + self.U @ (self._scale_minus_one[:, None] * (self.U.T @ R))
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "preconditioner": "nystrom",
+            "rank": int(self.U.shape[1]),
+            "top_eigenvalue": float(self.eigenvalues[0]),
+            "floor_eigenvalue": float(self.eigenvalues[-1]),
+        }
+
+
+class CentersPreconditioner:
+    """Falkon's preconditioner for the Nyström-centers system.
+
+    Parameters
+    ----------
+    K_mm : array, shape (m, m)
+        Kernel among the centers.
+    n : int
+        Number of data rows the system sums over.
+    reg : float
+        The ridge of the system ``K_nm^T K_nm + reg K_mm``.
+    """
+
+    def __init__(self, K_mm: Any, n: int, reg: float) -> None:
+        xp = get_namespace(K_mm)
+        m = K_mm.shape[0]
+        eps = float(np.finfo(K_mm.dtype).eps)
+        # T^T T = K_mm (T upper); a tiny relative jitter keeps duplicate centers factorable.
+        lower_t, self.jitter_mm = cholesky_jittered(K_mm, eps * m, what="K_mm")
+        self._t_upper = lower_t.T
+        inner = (n / m) * (self._t_upper @ self._t_upper.T)
+        lower_r, self.jitter_inner = cholesky_jittered(inner, reg, what="(n/m) T T^T + reg I")
+        self._r_upper = lower_r.T
+        self._xp = xp
+
+    def __call__(self, R: Any) -> Any:
+        """Apply ``P^{-1} = T^{-1} R^{-1} R^{-T} T^{-T}`` to ``R`` of shape (m, c)."""
+        v = solve_triangular(self._t_upper, R, lower=False, trans=True)
+        v = solve_triangular(self._r_upper, v, lower=False, trans=True)
+        v = solve_triangular(self._r_upper, v, lower=False)
+        return solve_triangular(self._t_upper, v, lower=False)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "preconditioner": "falkon",
+            "jitter_kmm": float(self.jitter_mm),
+            "jitter_inner": float(self.jitter_inner),
+        }
