@@ -227,23 +227,8 @@ class DaskKernelOperator:
             return self._cached
         return K
 
-    def _reduce(self, func: Any, operand: Any, width: int, dtype: Any, *extra: Any) -> Any:
-        import dask.array as da
-
-        K = self._kernel_array()
-        m = self.prepared.n_centers
-        n_chunks = len(K.chunks[0])
-        parts = da.map_blocks(
-            _partial_task,
-            K,
-            *extra,
-            func=func,
-            operand=operand,
-            new_axis=[2],
-            chunks=((1,) * n_chunks, (m,), (width,)),
-            dtype=dtype,
-            meta=self.X._meta.astype(dtype)[None],
-        )
+    def _tree_sum(self, parts: Any) -> Any:
+        """Add per-chunk partial results (stacked on axis 0) by a tree reduction; compute."""
         return parts.sum(axis=0, split_every=self.split_every).compute()
 
     def matvec(self, V: Any) -> Any:
@@ -262,17 +247,44 @@ class DaskKernelOperator:
         return out.compute().astype(V.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
-        """``K^T (K V)``, fused per chunk; V shape (m, c), result (m, c)."""
-        return self._reduce(_block_normal, V, V.shape[1], self.prepared.centers_t.dtype).astype(
-            V.dtype, copy=False
+        """``K^T (K V)``, fused per chunk and tree-reduced; V shape (m, c), result (m, c)."""
+        import dask.array as da
+
+        K = self._kernel_array()
+        m, width = self.prepared.n_centers, V.shape[1]
+        parts = da.map_blocks(
+            _normal_task,
+            K,
+            V,
+            new_axis=[2],
+            chunks=((1,) * len(K.chunks[0]), (m,), (width,)),
+            dtype=K.dtype,
+            meta=K._meta[None],
         )
+        return self._tree_sum(parts).astype(V.dtype, copy=False)
 
     def rmatvec(self, U: Any) -> Any:
-        """``K(X, Z)^T U``; U a Dask array (n, c) with the row chunks of X. Result (m, c)."""
-        width = U.shape[1]
-        return self._reduce(
-            None, None, width, self.prepared.centers_t.dtype, U.rechunk({0: self.X.chunks[0]})
-        ).astype(U.dtype, copy=False)
+        """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
+        import dask.array as da
+
+        K = self._kernel_array()
+        U = U.rechunk((K.chunks[0], (U.shape[1],)))
+        m, width = self.prepared.n_centers, U.shape[1]
+        # K (rows x m) and U (rows x c) share only their row chunks: contract their own columns.
+        parts = da.blockwise(
+            _rmatvec_task,
+            "imc",
+            K,
+            "ij",
+            U,
+            "ik",
+            new_axes={"m": m, "c": width},
+            adjust_chunks={"i": 1},
+            concatenate=True,
+            dtype=K.dtype,
+            meta=K._meta[None],
+        )
+        return self._tree_sum(parts).astype(U.dtype, copy=False)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)."""
@@ -294,7 +306,7 @@ class DaskKernelOperator:
             dtype=np.float64,
             meta=X._meta.astype(np.float64)[None] if not diag else X._meta.astype(np.float64),
         )
-        return parts.sum(axis=0, split_every=self.split_every).compute()
+        return self._tree_sum(parts)
 
     def predict(self, coef: Any) -> Any:
         """Lazy predictions ``K(X, Z) coef``: a Dask array (n, c) with the row chunks of X."""
@@ -315,10 +327,12 @@ def _kernel_task(x_block: Any, prepared: PreparedKernel) -> Any:
     return prepared.block(x_block)
 
 
-def _partial_task(K: Any, *extra: Any, func: Any, operand: Any) -> Any:
-    if func is None:  # rmatvec: the operand is the aligned U block
-        return _block_rmatvec(K, extra[0])[None]
-    return func(K, operand)[None]
+def _normal_task(K: Any, V: Any) -> Any:
+    return _block_normal(K, V)[None]
+
+
+def _rmatvec_task(K: Any, U: Any) -> Any:
+    return _block_rmatvec(K, U)[None]
 
 
 def _agop_task(x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool) -> Any:
