@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rfmdist.estimators import RFMClassifier, RFMRegressor
+from rfmdist.estimators import RFMClassifier, RFMRegressor, load
 
 __version__ = "0.1.0"
 
-__all__ = ["RFMClassifier", "RFMRegressor", "__version__"]
+__all__ = ["RFMClassifier", "RFMRegressor", "__version__", "load"]

@@ -1,13 +1,16 @@
 """scikit-learn estimators: :class:`RFMRegressor` and :class:`RFMClassifier`.
 
 ``__init__`` stores parameters only; ``fit`` validates them against :data:`PARAMETERS`, checks the data,
-runs the rounds of :mod:`rfmdist.training` and keeps the best one.
+runs the rounds of :mod:`rfmdist.training` and keeps the best one. With ``store=`` every round is
+committed to a Zarr store (:mod:`rfmdist.store`) from which an interrupted fit resumes; ``save`` and
+:func:`load` write and read finished models.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -32,16 +35,29 @@ from rfmdist.data import (
     open_zarr_xy,
     regression_targets,
 )
-from rfmdist.exceptions import NotFittedError
+from rfmdist.exceptions import NotFittedError, StoreError
 from rfmdist.kernels import KERNELS
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import chunk_rows_for
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
+from rfmdist.store import (
+    RunHeader,
+    RunPlan,
+    RunWriter,
+    StoredRun,
+    check_same_run,
+    data_fingerprint,
+    plan_run,
+    read_store,
+    save_location,
+    save_model,
+)
 from rfmdist.training import (
     AUTO_CENTERS,
     RoundConfig,
     RoundOutcome,
     TrainingData,
+    identity_metric,
     iterate_rounds,
     kernel_cache_bytes,
 )
@@ -303,6 +319,9 @@ class _RFMBase(BaseEstimator):
         eval_set: tuple[Any, Any] | None = None,
         *,
         callback: Callable[[RoundOutcome], bool | None] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> _RFMBase:
         """Fit rounds ``0 .. iters`` and keep the best (on ``eval_set``) or the last.
 
@@ -315,14 +334,33 @@ class _RFMBase(BaseEstimator):
         eval_set : (X_val, y_val), optional
             Validation data: every round is scored on it and the best round is kept.
         callback : callable, optional
-            Called with each finished round's :class:`~rfmdist.training.RoundOutcome`; returning True
-            stops the fit after that round.
+            Called with each finished (and, with ``store``, committed) round's
+            :class:`~rfmdist.training.RoundOutcome`; returning True stops the fit after that round
+            (a stored run then stays resumable).
+        store : str or os.PathLike, optional
+            Local path or fsspec URL of a Zarr store (:mod:`rfmdist.store`) to which every round is
+            committed; the store loads as a model once the last round is committed.
+        resume : bool, default=False
+            Continue the interrupted run at ``store`` (same data, parameters and ``eval_set``) after
+            its last committed round; a complete store is loaded without refitting; with no run there
+            a new one starts.
+        overwrite : bool, default=False
+            Replace a model at ``store``: the new run is written beside it (``<store>.partial``) and
+            moved over it only when it completes. Without it an existing store is refused.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        FileExistsError
+            ``store`` holds a model or a run and neither ``resume`` nor ``overwrite`` is given.
+        rfmdist.exceptions.StoreError
+            ``resume`` with another estimator class, other parameters or other data than the run's.
         """
         validate_params(type(self).__name__, self.get_params(deep=False), PARAMETERS)
+        plan = None if store is None else plan_run(store, resume=resume, overwrite=overwrite)
         if is_store_path(X):
             X, y_store = open_zarr_xy(X)
             y = y_store if y is None else y
@@ -337,22 +375,104 @@ class _RFMBase(BaseEstimator):
         n = int(X.shape[0])
         check_min_samples(n)
         Y = self._prepare_targets(y, n)
+        validation, fingerprint = self._validation(eval_set)
+        fingerprint = data_fingerprint(X, Y, getattr(self, "classes_", None)) | fingerprint
+        previous = self._previous_run(plan, fingerprint)
+        if plan is not None and plan.mode == "finished":
+            logger.info("the run at %s is complete: loaded it without refitting", plan.target.url)
+            self._restore(previous)
+            return self
         target_scaling = self._target_scaling(Y)
         Y = target_scaling.transform(Y, np.float64)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = (
+            int(previous.attrs["seed"])
+            if previous is not None
+            else int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        )
         config = self._round_config(seed)
         data = self._training_data(X, Y, seed, config)
         data.target_scaling = target_scaling
-        validation = None
-        if eval_set is not None:
-            X_val, y_val = eval_set
-            X_val = self._check_eval_features(X_val)
-            truth = self._validation_truth(y_val, int(X_val.shape[0]))
-            validation = (X_val, lambda pred: self._score_predictions(pred, truth))
-        self.history_ = []
-        self.M_history_ = []
-        best: RoundOutcome | None = None
-        for outcome in iterate_rounds(data, config, validation=validation):
+        self.seed_ = seed
+        self._fingerprint = fingerprint
+        writer = None
+        if plan is not None:
+            writer = (
+                RunWriter.reopen(plan.work)
+                if previous is not None
+                else RunWriter.create(
+                    plan.work,
+                    self._store_header(data.centers, data.preprocessing, target_scaling),
+                    identity_metric(int(X.shape[1]), config.diag),
+                )
+            )
+        stopped = self._run_rounds(data, config, validation, previous, writer, callback)
+        if writer is not None:
+            self._finish_run(writer, plan, stopped)
+        return self
+
+    def _validation(
+        self, eval_set: tuple[Any, Any] | None
+    ) -> tuple[tuple[Any, Callable[[np.ndarray], float]] | None, dict[str, Any]]:
+        """Checked validation data with its scorer, and its fingerprint (``{"eval_set": ...}``)."""
+        if eval_set is None:
+            return None, {"eval_set": None}
+        X_val, y_val = eval_set
+        X_val = self._check_eval_features(X_val)
+        truth = self._validation_truth(y_val, int(X_val.shape[0]))
+        stamp = data_fingerprint(X_val, truth.reshape(len(truth), -1))
+        validation = (X_val, lambda pred: self._score_predictions(pred, truth))
+        return validation, {"eval_set": {"n": stamp["n"], "hash": stamp["hash"]}}
+
+    def _previous_run(self, plan: RunPlan | None, fingerprint: dict[str, Any]) -> StoredRun | None:
+        """The stored run to continue (or the finished one to load), checked against this fit."""
+        if plan is None or plan.mode == "fresh":
+            return None
+        finished = plan.mode == "finished"
+        location = plan.target if finished else plan.work
+        previous = read_store(location.url, require_complete=finished)
+        check_same_run(
+            previous,
+            location,
+            estimator=type(self).__name__,
+            params=self.get_params(deep=False),
+            fingerprint=fingerprint,
+        )
+        if not finished:
+            logger.info(
+                "resuming the run at %s after %d committed rounds",
+                location.url,
+                previous.completed_rounds,
+            )
+        return previous
+
+    def _run_rounds(
+        self,
+        data: TrainingData,
+        config: RoundConfig,
+        validation: tuple[Any, Callable[[np.ndarray], float]] | None,
+        previous: StoredRun | None,
+        writer: RunWriter | None,
+        callback: Callable[[RoundOutcome], bool | None] | None,
+    ) -> bool:
+        """Run (the remaining) rounds, committing each to ``writer``; set the fitted attributes.
+
+        Returns
+        -------
+        bool
+            True when the callback stopped the fit.
+        """
+        self.history_ = [] if previous is None else previous.history
+        self.M_history_ = [] if previous is None else list(previous.M_history)
+        best = None if previous is None else _stored_best(previous)
+        rounds = iterate_rounds(
+            data,
+            config,
+            start_round=0 if previous is None else previous.completed_rounds,
+            start_M=None if previous is None else previous.next_M,
+            validation=validation,
+        )
+        stopped = False
+        for outcome in rounds:
             self.history_.append(outcome.record)
             self.M_history_.append(outcome.machine.M)
             better = best is None or (
@@ -361,10 +481,116 @@ class _RFMBase(BaseEstimator):
             )
             if validation is None or better:
                 best = outcome
+            if writer is not None:
+                writer.commit_round(
+                    outcome.round, outcome.machine.coef, outcome.next_M, best.round, self.history_
+                )
             if callback is not None and callback(outcome):
+                stopped = True
                 break
         self._set_fitted(best)
-        return self
+        return stopped
+
+    def _finish_run(self, writer: RunWriter, plan: RunPlan, stopped: bool) -> None:
+        """Mark the store complete (and move it into place), unless the callback stopped early."""
+        if stopped and len(self.history_) <= self.iters:
+            logger.info(
+                "stopped by the callback after round %d: the run at %s stays resumable "
+                "(fit(..., resume=True)); save(path) stores this model as finished",
+                len(self.history_) - 1,
+                plan.work.url,
+            )
+            return
+        writer.finish()
+        plan.complete()
+
+    # --- storage -----------------------------------------------------------------------------------
+
+    def _store_header(
+        self, centers: Any, preprocessing: Standardizer, target_scaling: Standardizer
+    ) -> RunHeader:
+        names = getattr(self, "feature_names_in_", None)
+        return RunHeader(
+            estimator=type(self).__name__,
+            params=self.get_params(deep=False),
+            seed=self.seed_,
+            data=self._fingerprint,
+            estimator_state={
+                "y_1d": getattr(self, "_y_1d", None),
+                "n_features_in": int(self.n_features_in_),
+                "feature_names_in": None if names is None else [str(v) for v in names],
+            },
+            centers=to_numpy(centers),
+            preprocessing=preprocessing,
+            target_scaling=target_scaling,
+            classes=getattr(self, "classes_", None),
+        )
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write the fitted model as a complete Zarr store (layout in :mod:`rfmdist.store`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Local path or fsspec URL.
+        overwrite : bool, default=False
+            Replace a store at ``path`` (the new one is written beside it and moved over it when done).
+
+        Raises
+        ------
+        FileExistsError
+            A store is at ``path`` and ``overwrite`` is False.
+        """
+        self._check_fitted()
+        plan = save_location(path, overwrite=overwrite)
+        model = self.model_
+        header = self._store_header(model.centers, model.preprocessing, model.target_scaling)
+        save_model(
+            plan.work, header, np.stack(self.M_history_), model.coef, self.best_iter_, self.history_
+        )
+        plan.complete()
+        logger.info("saved %s to %s", type(self).__name__, plan.target.url)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> _RFMBase:
+        """Load a fitted estimator of this class from a complete store.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Local path or fsspec URL written by :meth:`save` or ``fit(..., store=path)``.
+
+        Raises
+        ------
+        rfmdist.exceptions.StoreError
+            No complete store at ``path``, a damaged one, or one holding another estimator class.
+        """
+        stored = read_store(path)
+        if stored.attrs["estimator"] != cls.__name__:
+            raise StoreError(
+                f"Expected a {cls.__name__} model at {str(path)!r}, found a "
+                f"{stored.attrs['estimator']}; load it with rfmdist.load(path) or "
+                f"{stored.attrs['estimator']}.load(path)."
+            )
+        estimator = cls(**stored.params)
+        estimator._restore(stored)
+        return estimator
+
+    def _restore(self, stored: StoredRun) -> None:
+        """Set the fitted attributes from a stored run."""
+        state = stored.attrs["estimator_state"]
+        self.n_features_in_ = int(state["n_features_in"])
+        if state["feature_names_in"] is not None:
+            self.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        if state["y_1d"] is not None:
+            self._y_1d = bool(state["y_1d"])
+        if stored.classes is not None:
+            self.classes_ = stored.classes
+        self.seed_ = int(stored.attrs["seed"])
+        self._fingerprint = stored.attrs["data"]
+        self.history_ = stored.history
+        self.M_history_ = list(stored.M_history)
+        self._set_fitted(_stored_best(stored))
 
     def _check_eval_features(self, X_val: Any) -> Any:
         X_val = self._check_features_like_fit(X_val)
@@ -406,6 +632,57 @@ class _RFMBase(BaseEstimator):
         self._check_fitted()
         X = self._check_features(X, reset=False)
         return self.model_.decision(X)
+
+
+def _stored_best(stored: StoredRun) -> RoundOutcome | None:
+    """The best committed round of a stored run (None before the first)."""
+    if stored.best_iter is None:
+        return None
+    return RoundOutcome(
+        round=stored.best_iter,
+        machine=stored.machine,
+        record=stored.history[stored.best_iter],
+        next_M=None,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> _RFMBase:
+    """Load the fitted estimator (RFMRegressor or RFMClassifier) stored at ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local path or fsspec URL of a complete store.
+
+    Returns
+    -------
+    RFMRegressor or RFMClassifier
+        Fitted: its predictions equal those of the estimator that was saved.
+
+    Raises
+    ------
+    rfmdist.exceptions.StoreError
+        No complete store at ``path`` (an interrupted fit says how to resume), or a damaged one.
+
+    Examples
+    --------
+    >>> import numpy as np, rfmdist
+    >>> X = np.random.default_rng(0).normal(size=(50, 3))
+    >>> model = rfmdist.RFMRegressor(iters=1, random_state=0).fit(X, X[:, 0])
+    >>> model.save("memory://doctest-load.zarr", overwrite=True)
+    >>> same = rfmdist.load("memory://doctest-load.zarr")
+    >>> bool(np.array_equal(same.predict(X), model.predict(X)))
+    True
+    """
+    stored = read_store(path)
+    name = stored.attrs["estimator"]
+    classes = {cls.__name__: cls for cls in (RFMRegressor, RFMClassifier)}
+    if name not in classes:
+        raise StoreError(
+            f"Expected a store of one of {sorted(classes)} at {str(path)!r}, found estimator "
+            f"{name!r}; load it with the class that wrote it."
+        )
+    return classes[name].load(path)
 
 
 def _active_client() -> Any:
