@@ -1,0 +1,222 @@
+"""Checkpointed fits: a resumed run equals an uninterrupted one, and broken runs never load as models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import REPO, product_task
+
+import rfmdist
+from rfmdist import RFMClassifier, RFMRegressor
+from rfmdist.exceptions import StoreError
+
+# A round takes ~0.3-1 s here: large enough that a kill lands between rounds, small enough for CI.
+N, D, ITERS = 1500, 10, 4
+PARAMS = {"iters": ITERS, "random_state": 3}
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def task() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    X, y = product_task(N + 300, D, seed=7)
+    return X[:N], y[:N], (X[N:], y[N:])
+
+
+@pytest.fixture(scope="module")
+def reference(task) -> RFMRegressor:
+    X, y, eval_set = task
+    return RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set)
+
+
+def _assert_same_fit(model, reference, X) -> None:
+    np.testing.assert_allclose(model.M_, reference.M_, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(model.predict(X), reference.predict(X), rtol=TOL, atol=TOL)
+    for key in ("train_score", "val_score"):
+        np.testing.assert_allclose(
+            [r[key] for r in model.history_], [r[key] for r in reference.history_], rtol=TOL
+        )
+    for M, M_ref in zip(model.M_history_, reference.M_history_, strict=True):
+        np.testing.assert_allclose(M, M_ref, rtol=TOL, atol=TOL)
+    assert model.best_iter_ == reference.best_iter_
+
+
+def _stop_after(round_index: int):
+    return lambda outcome: outcome.round == round_index
+
+
+def test_resume_after_callback_stop_equals_uninterrupted(task, reference, tmp_path):
+    X, y, eval_set = task
+    path = tmp_path / "run.zarr"
+    partial = RFMRegressor(**PARAMS).fit(
+        X, y, eval_set=eval_set, store=path, callback=_stop_after(2)
+    )
+    assert len(partial.history_) == 3
+    assert zarr.open_group(str(path), mode="r").attrs["completed_rounds"] == 3
+    with pytest.raises(StoreError, match=r"interrupted fit.*resume=True"):
+        rfmdist.load(path)
+    ran = []
+    resumed = RFMRegressor(**PARAMS).fit(
+        X, y, eval_set=eval_set, store=path, resume=True, callback=lambda o: ran.append(o.round)
+    )
+    assert ran == [3, 4]
+    _assert_same_fit(resumed, reference, X)
+    _assert_same_fit(rfmdist.load(path), reference, X)
+
+
+def test_uncommitted_round_data_is_ignored(task, reference, tmp_path):
+    """A crash after a round's arrays were written but before the commit: extra rows are rewritten."""
+    X, y, eval_set = task
+    path = tmp_path / "run.zarr"
+    RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, callback=_stop_after(1))
+    group = zarr.open_group(str(path), mode="r+")
+    assert group.attrs["completed_rounds"] == 2 and group["history/M"].shape[0] == 3
+    # What round 2 would have written before its commit: its coef and M_3.
+    group["checkpoint/coef"].resize((3, N, 1))
+    group["checkpoint/coef"][2] = -1.0
+    group["history/M"].resize((4, D, D))
+    group["history/M"][3] = 123.0
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    _assert_same_fit(resumed, reference, X)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(task, reference, tmp_path):
+    X, y, eval_set = task
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "X_val.npy", eval_set[0])
+    np.save(tmp_path / "y_val.npy", eval_set[1])
+    path = tmp_path / "run.zarr"
+    script = textwrap.dedent(
+        f"""
+        import time, numpy as np
+        from rfmdist import RFMRegressor
+        load = lambda name: np.load({str(tmp_path)!r} + "/" + name + ".npy")
+        # From round 2 on, linger after each commit so that the kill lands between rounds.
+        linger = lambda outcome: time.sleep(60) if outcome.round >= 2 else None
+        RFMRegressor(**{PARAMS!r}).fit(
+            load("X"), load("y"), eval_set=(load("X_val"), load("y_val")),
+            store={str(path)!r}, callback=linger,
+        )
+        """
+    )
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while _committed(path) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "round 2 was not committed within 180 s"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _committed(path) == 3
+    with pytest.raises(StoreError, match="interrupted fit"):
+        rfmdist.load(path)
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    _assert_same_fit(resumed, reference, X)
+    _assert_same_fit(rfmdist.load(path), reference, X)
+
+
+def _committed(path: Path) -> int:
+    if not (path / "zarr.json").exists():
+        return 0
+    return int(zarr.open_group(str(path), mode="r").attrs.get("completed_rounds", 0))
+
+
+def test_resume_of_complete_store_does_not_refit(task, tmp_path):
+    X, y, _ = task
+    X, y = X[:300], y[:300]
+    path = tmp_path / "model.zarr"
+    model = RFMRegressor(iters=1, random_state=0).fit(X, y, store=path)
+    calls = []
+    again = RFMRegressor(iters=1, random_state=0).fit(
+        X, y, store=path, resume=True, callback=calls.append
+    )
+    assert calls == []
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
+def test_resume_with_nothing_there_starts_a_new_run(task, tmp_path):
+    X, y, _ = task
+    path = tmp_path / "model.zarr"
+    model = RFMRegressor(iters=1, random_state=0).fit(X[:300], y[:300], store=path, resume=True)
+    np.testing.assert_array_equal(rfmdist.load(path).predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"params": {"reg": 1e-2}}, r"parameter reg: 0\.001 vs 0\.01"),
+        ({"rows": 299}, "data n: 300 vs 299"),
+        ({"perturb": True}, "data hash"),
+        ({"eval_set": True}, "data eval_set"),
+        ({"classifier": True}, "estimator 'RFMRegressor' vs 'RFMClassifier'"),
+    ],
+)
+def test_resume_refuses_other_data_or_params(task, tmp_path, change, message):
+    X, y, _ = task
+    X, y = X[:300].copy(), y[:300]
+    path = tmp_path / "run.zarr"
+    RFMRegressor(iters=2, random_state=0).fit(X, y, store=path, callback=_stop_after(0))
+    params = {"iters": 2, "random_state": 0} | change.get("params", {})
+    cls = RFMClassifier if change.get("classifier") else RFMRegressor
+    target = (y > 0).astype(int) if change.get("classifier") else y
+    n = change.get("rows", 300)
+    if change.get("perturb"):
+        X[0, 0] += 1e-9
+    eval_set = (X[:20], y[:20]) if change.get("eval_set") else None
+    with pytest.raises(StoreError, match=message):
+        cls(**params).fit(X[:n], target[:n], eval_set=eval_set, store=path, resume=True)
+    assert _committed(path) == 1
+
+
+def test_interrupted_store_refused_without_resume(task, tmp_path):
+    X, y, _ = task
+    path = tmp_path / "run.zarr"
+    RFMRegressor(iters=2, random_state=0).fit(X[:300], y[:300], store=path, callback=_stop_after(0))
+    with pytest.raises(FileExistsError, match=r"interrupted fit.*resume=True"):
+        RFMRegressor(iters=2, random_state=0).fit(X[:300], y[:300], store=path)
+    model = RFMRegressor(iters=2, random_state=0).fit(X[:300], y[:300], store=path, overwrite=True)
+    np.testing.assert_array_equal(rfmdist.load(path).predict(X), model.predict(X))
+
+
+def test_resume_of_an_overwrite_run(task, reference, tmp_path):
+    X, y, eval_set = task
+    path = tmp_path / "model.zarr"
+    old = RFMRegressor(iters=1, random_state=0).fit(X[:300], y[:300], store=path)
+    RFMRegressor(**PARAMS).fit(
+        X, y, eval_set=eval_set, store=path, overwrite=True, callback=_stop_after(1)
+    )
+    assert Path(f"{path}.partial").is_dir()
+    np.testing.assert_array_equal(rfmdist.load(path).predict(X), old.predict(X))
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    _assert_same_fit(resumed, reference, X)
+    _assert_same_fit(rfmdist.load(path), reference, X)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zarr"]
+
+
+def test_stored_centers_equal_recomputed_ones(task, tmp_path):
+    """Resume recomputes Nyström centers from the stored seed: they match the stored ones."""
+    X, y, _ = task
+    path = tmp_path / "run.zarr"
+    params = {"iters": 2, "centers": 200, "random_state": None}
+    first = RFMRegressor(**params).fit(X, y, store=path, callback=_stop_after(0))
+    resumed = RFMRegressor(**params).fit(X, y, store=path, resume=True)
+    stored = zarr.open_group(str(path), mode="r")["centers"][...]
+    np.testing.assert_array_equal(resumed.centers_, stored)
+    np.testing.assert_array_equal(first.centers_, stored)
+    assert resumed.seed_ == first.seed_
