@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from rfmdist.cli import demo
+from rfmdist.cli import demo, evaluate, fit, inspect, predict
+from rfmdist.cli.errors import UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -30,11 +31,7 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
 )
 
-COMMANDS = (demo,)
-
-
-class UsageError(Exception):
-    """A command line that cannot be run as given (exit 2)."""
+COMMANDS = (demo, fit, predict, evaluate, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

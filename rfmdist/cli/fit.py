@@ -1,0 +1,339 @@
+"""``rfmdist fit``: fit an RFM on a data file, on a Dask cluster, into a resumable model store.
+
+Everything that can be checked is checked before a cluster is started or contacted: the options, the
+output paths, an existing model at ``--out``, the data files (format, columns, one pass for missing
+values and the target) and that training and validation features agree. Then the fit runs on the
+cluster and commits every round to ``--out`` (``--resume`` continues an interrupted fit).
+
+Task choice (``--task auto``): classification when the target is not numeric (strings, booleans,
+categories) or is integer-valued (integer dtype, or floats that are all whole numbers) with at most
+:data:`MAX_AUTO_CLASSES` distinct values; regression otherwise. The choice and its reason are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from rfmdist.cli.cluster import (
+    add_cluster_arguments,
+    check_cluster_arguments,
+    cluster_client,
+    has_bokeh,
+    n_workers,
+)
+from rfmdist.cli.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+#: ``--task auto``: integer-valued targets with at most this many distinct values are classes.
+MAX_AUTO_CLASSES = 50
+
+
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``fit`` sub-command."""
+    parser = sub.add_parser(
+        "fit",
+        help="Fit an RFM on a data file (Zarr, .npy/.npz, CSV, Parquet) into a model store.",
+        description=(
+            "Fit a Recursive Feature Machine on a Dask cluster and write the model to a Zarr store, "
+            "one committed round at a time (--resume continues an interrupted fit). "
+            "--task auto picks classification for non-numeric targets and for integer-valued "
+            f"targets with at most {MAX_AUTO_CLASSES} distinct values, regression otherwise."
+        ),
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", required=True, metavar="PATH", help="Training data file.")
+    data.add_argument(
+        "--target",
+        metavar="COL",
+        default=None,
+        help="Target column name or index (default: the last column; the array 'y' of a Zarr "
+        "group or .npz file).",
+    )
+    data.add_argument("--val", metavar="PATH", help="Validation data: the best round is kept.")
+    data.add_argument(
+        "--chunk-rows",
+        type=int,
+        metavar="N",
+        help="Rows per Dask chunk (default: about 100 ms of kernel work per chunk, at least one "
+        "chunk per worker).",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="MODEL.zarr", help="Model store to write.")
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the interrupted fit in --out (or load it if complete; start if absent).",
+    )
+    out.add_argument(
+        "--overwrite", action="store_true", help="Replace a model at --out when the fit completes."
+    )
+    out.add_argument(
+        "--report", metavar="FILE.html", help="Write a Dask performance report of the fit."
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--task",
+        choices=["auto", "regression", "classification"],
+        default="auto",
+        help="Default: auto (see above).",
+    )
+    model.add_argument("--kernel", choices=["laplace", "gaussian"], default="laplace")
+    model.add_argument("--bandwidth", type=float, default=10.0, help="Kernel bandwidth L (10).")
+    model.add_argument("--reg", type=float, default=1e-3, help="Ridge regularisation (1e-3).")
+    model.add_argument("--iters", type=int, default=5, help="Feature-matrix updates (5).")
+    model.add_argument("--diag", action="store_true", help="Learn a diagonal feature matrix.")
+    model.add_argument(
+        "--agop-samples",
+        default="20000",
+        metavar="N|all",
+        help="Rows sampled per round for the AGOP (20000), or 'all'.",
+    )
+    model.add_argument(
+        "--centers",
+        default="auto",
+        metavar="auto|all|M",
+        help="Nyström centers: a count M, 'all' (exact system) or 'auto' (all rows up to 20,000, "
+        "else 20,000 centers).",
+    )
+    model.add_argument("--solver", choices=["auto", "direct", "pcg"], default="auto")
+    model.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    model.add_argument("--seed", type=int, default=0, help="Seed of centers and AGOP samples (0).")
+    add_cluster_arguments(parser, local_default="a local cluster of worker processes on 127.0.0.1")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, start or reach the cluster, fit; returns the exit code."""
+    from rfmdist import io
+
+    started = time.perf_counter()
+    check_cluster_arguments(args)
+    estimator_params = _estimator_params(args)
+    _check_outputs(args)
+    target = io.DEFAULT_TARGET if args.target is None else args.target
+    train = io.open_table(args.train, target=target)
+    val = None
+    if args.val is not None:
+        val_target = train.target_name if train.named or args.target is not None else target
+        val = io.open_table(args.val, target=val_target)
+        io.check_same_features(train, val)
+    train = io.check_table(train)
+    if val is not None:
+        val = io.check_table(val)
+    task, reason = choose_task(train.y) if args.task == "auto" else (args.task, "as requested")
+    _check_target_for_task(train, task)
+    sys.stdout.write(f"task: {task} ({reason})\n")
+    sys.stdout.write(
+        f"training data: {train.n_rows} rows x {len(train.feature_names)} features from "
+        f"{train.path} (target {train.target_name!r})"
+        + (f"; validation: {val.n_rows} rows from {val.path}" if val is not None else "")
+        + "\n"
+    )
+    sys.stdout.flush()
+    estimator = _make_estimator(task, estimator_params)
+    if train.named:
+        estimator.feature_names_in_ = np.asarray(train.feature_names, dtype=object)
+    with cluster_client(args) as client:
+        X = _chunked(train.X, args.chunk_rows, estimator_params, n_workers(client))
+        X_val = None if val is None else val.X.rechunk({0: X.chunks[0][0]})
+        if args.gpus:
+            X, X_val = _to_gpu(X), None if X_val is None else _to_gpu(X_val)
+        logger.info(
+            "fitting %s on %d row chunks of %d rows",
+            type(estimator).__name__,
+            X.numblocks[0],
+            X.chunks[0][0],
+        )
+        with _performance_report(args.report):
+            estimator.fit(
+                X,
+                train.y,
+                eval_set=None if val is None else (X_val, val.y),
+                store=args.out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+            )
+    _summary(estimator, args, time.perf_counter() - started)
+    return 0
+
+
+def choose_task(y: np.ndarray) -> tuple[str, str]:
+    """The ``--task auto`` rule.
+
+    Parameters
+    ----------
+    y : numpy.ndarray, shape (n,)
+
+    Returns
+    -------
+    task : {'classification', 'regression'}
+    reason : str
+
+    Examples
+    --------
+    >>> choose_task(np.array(["a", "b", "a"]))[0]
+    'classification'
+    >>> choose_task(np.array([0.0, 1.0, 1.0, 0.0]))
+    ('classification', 'integer-valued target with 2 distinct values (<= 50)')
+    >>> choose_task(np.array([0.5, 1.0, 2.25]))[0]
+    'regression'
+    """
+    y = np.asarray(y)
+    if y.dtype.kind not in "iufc":
+        return "classification", f"target values are not numbers (dtype {y.dtype})"
+    if y.dtype.kind == "c":
+        return "regression", "complex target"
+    whole = y.dtype.kind in "iu" or bool(np.all(np.mod(y, 1) == 0))
+    if not whole:
+        return "regression", "target has non-integer values"
+    distinct = len(np.unique(y))
+    if distinct <= MAX_AUTO_CLASSES:
+        return (
+            "classification",
+            f"integer-valued target with {distinct} distinct values (<= {MAX_AUTO_CLASSES})",
+        )
+    return (
+        "regression",
+        f"integer-valued target with {distinct} distinct values (> {MAX_AUTO_CLASSES}); "
+        "pass --task classification to treat them as classes",
+    )
+
+
+def _check_target_for_task(train: Any, task: str) -> None:
+    if task == "regression" and np.asarray(train.y).dtype.kind not in "iufb":
+        raise UsageError(
+            f"Expected a numeric target for --task regression, found target {train.target_name!r} "
+            f"of dtype {np.asarray(train.y).dtype} in {train.path!r}; use --task classification "
+            "or another --target."
+        )
+
+
+def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Estimator parameters from the options, validated against the estimators' rules."""
+    from rfmdist.estimators import PARAMETERS
+
+    params = {
+        "kernel": args.kernel,
+        "bandwidth": args.bandwidth,
+        "reg": args.reg,
+        "iters": args.iters,
+        "diag": args.diag,
+        "agop_samples": _count_or(args.agop_samples, "--agop-samples", {"all": None}),
+        "centers": _count_or(args.centers, "--centers", {"all": None, "auto": "auto"}),
+        "solver": args.solver,
+        "dtype": args.dtype,
+        "random_state": args.seed,
+    }
+    if args.chunk_rows is not None and args.chunk_rows < 1:
+        raise UsageError(f"Expected --chunk-rows >= 1, found {args.chunk_rows}.")
+    for name, value in params.items():
+        rules = PARAMETERS[name]
+        if not any(rule.accepts(value) for rule in rules):
+            option = "--seed" if name == "random_state" else "--" + name.replace("_", "-")
+            expected = " or ".join(
+                rule.describe() for rule in rules if type(rule).__name__ != "ArrayLike"
+            )
+            raise UsageError(
+                f"Expected {option} to be {expected}, found {value!r}; fix the option."
+            )
+    return params
+
+
+def _count_or(text: str, option: str, words: dict[str, Any]) -> Any:
+    if text in words:
+        return words[text]
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(
+            f"Expected {option} to be a positive integer or one of {sorted(words)}, found {text!r}."
+        ) from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from rfmdist import io
+
+    if args.resume and args.overwrite:
+        raise UsageError(
+            "Expected at most one of --resume and --overwrite, found both; --resume continues the "
+            "fit in --out, --overwrite starts over and replaces it."
+        )
+    io.check_output_path(args.out, what="model", allow_existing=True)
+    if not io.is_url(args.out) and os.path.exists(args.out) and not (args.resume or args.overwrite):
+        raise FileExistsError(
+            f"Expected no model at --out {args.out!r}, found one already; pass --overwrite to "
+            "replace it when the new fit completes, --resume to continue an interrupted fit, or "
+            "choose another path."
+        )
+    if args.report is not None:
+        io.check_output_path(args.report, what="report", allow_existing=True)
+        if not has_bokeh():
+            raise UsageError(
+                "Expected bokeh for --report (Dask draws its performance report with it), found it "
+                "missing; fix: pip install bokeh (or drop --report)."
+            )
+
+
+def _make_estimator(task: str, params: dict[str, Any]) -> Any:
+    from rfmdist import RFMClassifier, RFMRegressor
+
+    cls = RFMClassifier if task == "classification" else RFMRegressor
+    return cls(**params)
+
+
+def _chunked(X: Any, chunk_rows: int | None, params: dict[str, Any], workers: int) -> Any:
+    from rfmdist.operators import chunk_rows_for
+    from rfmdist.training import AUTO_CENTERS
+
+    n, d = int(X.shape[0]), int(X.shape[1])
+    if chunk_rows is None:
+        centers = params["centers"]
+        m = (
+            n
+            if centers is None
+            else (min(n, AUTO_CENTERS) if centers == "auto" else min(n, centers))
+        )
+        chunk_rows = chunk_rows_for(n, m, d, np.dtype(params["dtype"]).itemsize, workers)
+    return X.rechunk({0: int(chunk_rows), 1: -1})
+
+
+def _to_gpu(X: Any) -> Any:
+    import cupy
+
+    return X.map_blocks(cupy.asarray, dtype=X.dtype, meta=cupy.empty((0, 0), dtype=X.dtype))
+
+
+@contextlib.contextmanager
+def _performance_report(path: str | None) -> Any:
+    if path is None:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=path):
+        yield
+    logger.info("performance report written to %s", path)
+
+
+def _summary(estimator: Any, args: argparse.Namespace, seconds: float) -> None:
+    out = sys.stdout
+    metric = "accuracy" if hasattr(estimator, "classes_") else "MSE"
+    out.write(f"\n{'round':>5}  {'train ' + metric:>14}  {'val ' + metric:>12}  {'seconds':>8}\n")
+    for h in estimator.history_:
+        val = "-" if h.get("val_score") is None else f"{h['val_score']:.6g}"
+        out.write(
+            f"{h['round']:>5}  {h['train_score']:>14.6g}  {val:>12}  {h.get('seconds', 0):>8.2f}\n"
+        )
+    out.write(
+        f"best round: {estimator.best_iter_}; model written to {args.out}; {seconds:.1f} s in all\n"
+    )
