@@ -130,13 +130,14 @@ def kernel_agop_sum(prepared: PreparedKernel, X: Any, coef: Any, *, diag: bool) 
         ``sum_{x in X} J(x)^T J(x)``.
     """
     xp = get_namespace(X)
-    inner = gradient_outer_product_sum(transformed_gradients(prepared, X, coef), diag=diag)
     S = prepared.S.astype(xp.float64)
+    grads = transformed_gradients(prepared, X, coef)
+    # With a diagonal S only the diagonal of the inner sum is needed; a full S mixes coordinates.
+    inner = gradient_outer_product_sum(grads, diag=diag and S.ndim == 1)
     if S.ndim == 1:
         return inner * S**2 if diag else S[:, None] * inner * S[None, :]
-    if diag:
-        return ((S @ inner) * S).sum(axis=1)
-    return S @ inner @ S
+    full = S @ inner @ S
+    return xp.diagonal(full).copy() if diag else full
 
 
 def agop_block_sum(

@@ -302,7 +302,7 @@ class _RFMBase(BaseEstimator):
             centers = Xp[rows]
             return rows, centers.compute() if is_dask_array(centers) else centers
         given = to_numpy(spec)
-        if given.ndim != 2 or given.shape[1] != Xp.shape[1]:
+        if given.ndim != 2 or given.shape[1] != Xp.shape[1] or given.shape[0] < 1:
             raise ValueError(
                 f"Expected centers of shape (m, {Xp.shape[1]}), found {given.shape}; pass rows with "
                 "the training features' columns."

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rfmdist.backend import get_namespace, solve_triangular
+from rfmdist.backend import get_namespace, single_threaded_blas, solve_triangular
 from rfmdist.solvers.direct import cholesky_jittered
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ class NystromPreconditioner:
         """
         xp = get_namespace(like)
         rank = max(1, min(rank, n))
-        omega, _ = xp.linalg.qr(xp.asarray(rng.standard_normal((n, rank)), dtype=like.dtype))
+        with single_threaded_blas():
+            omega, _ = xp.linalg.qr(xp.asarray(rng.standard_normal((n, rank)), dtype=like.dtype))
         sketch = matvec(omega)
         eps = float(np.finfo(like.dtype).eps)
         nu = eps * float(xp.linalg.norm(sketch)) * np.sqrt(n)
@@ -85,7 +86,8 @@ class NystromPreconditioner:
             (omega.T @ sketch + sketch.T @ omega) / 2, 0.0, what="the Nystrom sketch core"
         )
         basis = solve_triangular(factor, sketch.T, lower=True).T  # sketch @ factor^{-T}
-        U, sigma, _ = xp.linalg.svd(basis, full_matrices=False)
+        with single_threaded_blas():
+            U, sigma, _ = xp.linalg.svd(basis, full_matrices=False)
         eigenvalues = xp.clip(sigma**2 - nu, 0, None)
         logger.debug(
             "Nystrom preconditioner: rank %d, eigenvalues %.3g .. %.3g, shift %.3g",

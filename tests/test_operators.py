@@ -1,0 +1,99 @@
+"""Kernel operators (in-memory blocks, Dask threaded, Dask distributed) against dense NumPy products."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from rfmdist.agop import agop_block_sum
+from rfmdist.kernels import prepare_kernel
+from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
+
+N, D, M_CENTERS = 503, 6, 61
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gen = np.random.default_rng(7)
+    X = gen.normal(size=(N, D))
+    Z = np.vstack([X[:20], gen.normal(size=(M_CENTERS - 20, D))])
+    A = gen.normal(size=(D, D))
+    M = A @ A.T / D
+    prepared = prepare_kernel(Z, M, kernel="laplace", bandwidth=3.0)
+    K = prepared.block(X)
+    V = gen.normal(size=(M_CENTERS, 3))
+    U = gen.normal(size=(N, 3))
+    return X, Z, M, prepared, K, V, U
+
+
+def assert_operator_matches_dense(op, problem, U_arg):
+    X, Z, M, prepared, K, V, U = problem
+    np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
+    np.testing.assert_allclose(op.rmatvec(U_arg), K.T @ U, rtol=1e-6)
+    np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
+    pred = op.predict(V)
+    np.testing.assert_allclose(pred.compute() if hasattr(pred, "dask") else pred, K @ V, rtol=1e-6)
+    for diag_m in (False, True):
+        Mx = np.diagonal(M).copy() if diag_m else M
+        local = prepare_kernel(Z, Mx, kernel="laplace", bandwidth=3.0)
+        op_x = type(op)(op.X, local) if isinstance(op, BlockedKernelOperator) else DaskKernelOperator(
+            op.X, local, split_every=op.split_every
+        )
+        for diag in (False, True):
+            want = agop_block_sum(X, Z, V, Mx, kernel="laplace", bandwidth=3.0, diag=diag)
+            np.testing.assert_allclose(op_x.agop_sum(V, diag=diag), want, rtol=1e-6)
+        rows = np.arange(0, N, 3)
+        want = agop_block_sum(X[rows], Z, V, Mx, kernel="laplace", bandwidth=3.0, diag=False)
+        np.testing.assert_allclose(op_x.agop_sum(V, diag=False, rows=rows), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("block_rows", [1, 64, 100, N, 10 * N])
+@pytest.mark.parametrize("cache", [False, True])
+def test_blocked_operator(problem, block_rows, cache):
+    X, _, _, prepared, *_, U = problem
+    op = BlockedKernelOperator(X, prepared, cache=cache, block_rows=block_rows)
+    assert_operator_matches_dense(op, problem, U)
+
+
+# Chunkings: even, ragged last chunk, a single chunk, one-row chunks at the end.
+CHUNKINGS = [(100,), (128,), (N,), ((250, 250, 1, 1, 1),)]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=["even", "ragged", "single", "tiny-tail"])
+@pytest.mark.parametrize("split_every", [2, 8])
+@pytest.mark.parametrize("cache", [False, True])
+def test_dask_operator_threaded(problem, chunks, split_every, cache):
+    X, _, _, prepared, *_, U = problem
+    Xd = da.from_array(X, chunks=(chunks[0], D))
+    Ud = da.from_array(U, chunks=(chunks[0], 3))
+    with dask.config.set(scheduler="threads"):
+        op = DaskKernelOperator(Xd, prepared, cache=cache, split_every=split_every)
+        assert_operator_matches_dense(op, problem, Ud)
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize("chunks", [(128,), (N,)], ids=["ragged", "single"])
+def test_dask_operator_distributed(problem, cluster_client, chunks):
+    X, _, _, prepared, *_, U = problem
+    Xd = da.from_array(X, chunks=(chunks[0], D))
+    Ud = da.from_array(U, chunks=(chunks[0], 3))
+    for cache in (False, True):
+        op = DaskKernelOperator(Xd, prepared, cache=cache, split_every=2)
+        assert_operator_matches_dense(op, problem, Ud)
