@@ -42,12 +42,11 @@ def transformed_gradients(prepared: PreparedKernel, X: Any, coef: Any) -> Any:
     """
     xp = get_namespace(X, coef)
     Xt, x_sq = prepared.transform(X)
-    weights, dist_sq = prepared.block_from_transformed(Xt, x_sq)
+    weights, radius = prepared.block_and_radius(Xt, x_sq)
     coef = coef.astype(weights.dtype, copy=False)
     if prepared.kernel == "laplace":
-        dist = xp.sqrt(dist_sq, out=dist_sq)
-        far = dist >= LAPLACE_GRADIENT_GUARD
-        weights = xp.where(far, weights / xp.where(far, dist, 1), 0)
+        far = radius >= LAPLACE_GRADIENT_GUARD
+        weights = xp.where(far, weights / xp.where(far, radius, 1), 0)
         scale = -1.0 / prepared.bandwidth
     else:
         scale = -1.0 / prepared.bandwidth**2

@@ -57,8 +57,15 @@ def apply_metric_root(X: Any, S: Any) -> Any:
     return X * S if S.ndim == 1 else X @ S
 
 
-def squared_distances(Xt: Any, Zt: Any, x_sq: Any, z_sq: Any) -> Any:
-    """Squared Euclidean distances between transformed rows and centers by one GEMM.
+def squared_distances(
+    Xt: Any, Zt: Any, x_sq: Any, z_sq: Any, *, scale: float = 1.0, centers_aug: Any = None
+) -> Any:
+    """Scaled squared Euclidean distances ``scale * ||x' - z'||^2`` by one GEMM.
+
+    The norms and the coincidence threshold are folded into the GEMM by augmenting both sides
+    (``[-2 s x', s, s (|x'|^2 - t)] . [z', |z'|^2, 1]``), so the only elementwise pass is the clamp at
+    zero. ``t`` is the resolution of the GEMM identity (16 ulps of ``|x'|^2 + max |z'|^2``): distances
+    below it become exactly zero, and the others move by less than their own rounding error.
 
     Parameters
     ----------
@@ -66,23 +73,36 @@ def squared_distances(Xt: Any, Zt: Any, x_sq: Any, z_sq: Any) -> Any:
     Zt : array, shape (m, d)
     x_sq, z_sq : arrays, shapes (b,) and (m,)
         Squared row norms of ``Xt`` and ``Zt``.
+    scale : float
+        Factor applied to the distances (folded into the GEMM).
+    centers_aug : array, shape (m, d + 2), optional
+        ``[Zt, z_sq, 1]`` precomputed (see :class:`PreparedKernel`).
 
     Returns
     -------
     array, shape (b, m)
-        Clamped at zero; entries below the GEMM's resolution are exactly zero.
     """
     xp = get_namespace(Xt, Zt)
-    dist = Xt @ Zt.T
-    dist *= -2
-    dist += x_sq[:, None]
-    dist += z_sq[None, :]
-    xp.maximum(dist, 0, out=dist)
-    resolution = _COINCIDENCE_ULPS * float(np.finfo(dist.dtype).eps)
-    z_max = z_sq.max() if z_sq.shape[0] else 0.0
-    threshold = resolution * (x_sq + z_max)
-    dist[dist <= threshold[:, None]] = 0
-    return dist
+    if centers_aug is None:
+        centers_aug = augment_centers(Zt, z_sq)
+    resolution = _COINCIDENCE_ULPS * float(np.finfo(Xt.dtype).eps)
+    z_max = float(z_sq.max()) if z_sq.shape[0] else 0.0
+    rows_aug = xp.empty((Xt.shape[0], Xt.shape[1] + 2), dtype=Xt.dtype)
+    rows_aug[:, :-2] = Xt * (-2.0 * scale)
+    rows_aug[:, -2] = scale
+    rows_aug[:, -1] = (x_sq - resolution * (x_sq + z_max)) * scale
+    dist = rows_aug @ centers_aug.T
+    return xp.maximum(dist, 0, out=dist)
+
+
+def augment_centers(Zt: Any, z_sq: Any) -> Any:
+    """``[Zt, z_sq, 1]``, shape (m, d + 2): the center side of :func:`squared_distances`."""
+    xp = get_namespace(Zt)
+    out = xp.empty((Zt.shape[0], Zt.shape[1] + 2), dtype=Zt.dtype)
+    out[:, :-2] = Zt
+    out[:, -2] = z_sq
+    out[:, -1] = 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,8 @@ class PreparedKernel:
         Their squared norms.
     kernel : {'laplace', 'gaussian'}
     bandwidth : float
+    centers_aug : array, shape (m, d + 2)
+        ``[centers_t, centers_sq, 1]`` for the fused distance GEMM.
     """
 
     S: Any
@@ -109,6 +131,7 @@ class PreparedKernel:
     centers_sq: Any
     kernel: str
     bandwidth: float
+    centers_aug: Any
 
     @property
     def diag(self) -> bool:
@@ -120,30 +143,52 @@ class PreparedKernel:
         """Number of centers ``m``."""
         return int(self.centers_t.shape[0])
 
+    @property
+    def distance_scale(self) -> float:
+        """Factor folded into the squared distances: ``1/L^2`` (Laplace) or ``1/(2 L^2)`` (Gaussian)."""
+        factor = 1.0 if self.kernel == "laplace" else 2.0
+        return 1.0 / (factor * self.bandwidth**2)
+
     def transform(self, X: Any) -> tuple[Any, Any]:
         """Transformed rows ``X S`` and their squared norms; shapes (b, d) and (b,)."""
         Xt = apply_metric_root(X.astype(self.centers_t.dtype, copy=False), self.S)
         return Xt, (Xt * Xt).sum(axis=1)
 
-    def block_from_transformed(self, Xt: Any, x_sq: Any) -> tuple[Any, Any]:
-        """Kernel block and squared distances for transformed rows; both shape (b, m).
+    def _scaled_distances(self, Xt: Any, x_sq: Any) -> Any:
+        return squared_distances(
+            Xt,
+            self.centers_t,
+            x_sq,
+            self.centers_sq,
+            scale=self.distance_scale,
+            centers_aug=self.centers_aug,
+        )
 
-        The squared distances are returned for the gradient (the Laplace kernel needs ``||x - z||``).
+    def block_and_radius(self, Xt: Any, x_sq: Any) -> tuple[Any, Any]:
+        """Kernel block of transformed rows and, for the Laplace kernel, ``||x - z||_M``.
+
+        Returns
+        -------
+        values : array, shape (b, m)
+        radius : array, shape (b, m), or None for the Gaussian kernel
         """
         xp = get_namespace(Xt)
-        dist_sq = squared_distances(Xt, self.centers_t, x_sq, self.centers_sq)
+        scaled = self._scaled_distances(Xt, x_sq)
         if self.kernel == "laplace":
-            values = xp.sqrt(dist_sq)
-            values *= -1.0 / self.bandwidth
-        else:
-            values = dist_sq * (-0.5 / self.bandwidth**2)
-        xp.exp(values, out=values)
-        return values, dist_sq
+            root = xp.sqrt(scaled, out=scaled)  # ||x - z||_M / L
+            values = xp.exp(-root)
+            root *= self.bandwidth
+            return values, root
+        return xp.exp(xp.negative(scaled, out=scaled), out=scaled), None
 
     def block(self, X: Any) -> Any:
-        """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m)."""
-        values, _ = self.block_from_transformed(*self.transform(X))
-        return values
+        """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m), computed in place."""
+        xp = get_namespace(X)
+        values = self._scaled_distances(*self.transform(X))
+        if self.kernel == "laplace":
+            xp.sqrt(values, out=values)
+        xp.negative(values, out=values)
+        return xp.exp(values, out=values)
 
 
 def prepare_kernel(
@@ -169,12 +214,14 @@ def prepare_kernel(
     xp = get_namespace(centers, M)
     S = metric_root(xp.asarray(M, dtype=centers.dtype))
     centers_t = apply_metric_root(centers, S)
+    centers_sq = (centers_t * centers_t).sum(axis=1)
     return PreparedKernel(
         S=S,
         centers_t=centers_t,
-        centers_sq=(centers_t * centers_t).sum(axis=1),
+        centers_sq=centers_sq,
         kernel=kernel,
         bandwidth=float(bandwidth),
+        centers_aug=augment_centers(centers_t, centers_sq),
     )
 
 
