@@ -1,0 +1,160 @@
+"""kddcup (494,020 x 41, 23 classes) through the ``rfmdist`` command line on a 2-worker local cluster.
+
+One command::
+
+    python benchmarks/kddcup_cli.py [--centers 2000] [--iters 2] [--workers 2] [--subset 100000]
+
+Holds out a seeded 20% of the rows (train/test written as Parquet in a temporary folder), runs
+``rfmdist fit`` (Nyström centers, direct solve, AGOP on 20,000 rows) and ``rfmdist evaluate`` as
+subprocesses, polls the process tree with psutil for the peak RSS of the client (the ``rfmdist fit``
+process) and of each worker process, and prints a table for the full training set and for a
+``--subset``-row subset of it. Data root: env ``RFMDIST_DATA`` or ``../shared/data`` beside the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+logger = logging.getLogger("kddcup_cli")
+REPO = Path(__file__).resolve().parents[1]
+RFMDIST = [sys.executable, "-m", "rfmdist.cli.main"]
+
+
+def data_file() -> Path:
+    """The kddcup TSV in the shared data."""
+    root = Path(os.environ.get("RFMDIST_DATA", REPO.parent / "shared" / "data"))
+    path = root / "pmlb" / "kddcup.tsv.gz"
+    if not path.exists():
+        raise SystemExit(
+            f"Expected {path}, found nothing; set RFMDIST_DATA to the shared data folder."
+        )
+    return path
+
+
+def split(folder: Path, subset: int, seed: int) -> dict[str, Path]:
+    """Seeded 80/20 split written as Parquet, plus a ``subset``-row training subset."""
+    df = pd.read_csv(data_file(), sep="\t")
+    order = np.random.default_rng(seed).permutation(len(df))
+    cut = round(0.8 * len(df))
+    paths = {
+        "train": folder / "train.parquet",
+        "test": folder / "test.parquet",
+        "subset": folder / f"train_{subset}.parquet",
+    }
+    df.iloc[order[:cut]].to_parquet(paths["train"], index=False)
+    df.iloc[order[cut:]].to_parquet(paths["test"], index=False)
+    df.iloc[order[:subset]].to_parquet(paths["subset"], index=False)
+    logger.info("split %d rows: %d train, %d test", len(df), cut, len(df) - cut)
+    return paths
+
+
+def run_measured(command: list[str], log: Path) -> tuple[int, float, dict[int, tuple[str, int]]]:
+    """Run ``command``; return its exit code, wall seconds and the peak RSS of every process of its
+    tree (pid -> (role, bytes))."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        root = psutil.Process(proc.pid)
+        peaks: dict[int, tuple[str, int]] = {}
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for p in tree:
+                try:
+                    rss = p.memory_info().rss
+                    role = "client" if p.pid == proc.pid else _role(p)
+                except psutil.Error:
+                    continue
+                if role and rss > peaks.get(p.pid, ("", 0))[1]:
+                    peaks[p.pid] = (role, rss)
+            time.sleep(0.5)
+    return proc.returncode, time.perf_counter() - started, peaks
+
+
+def _role(p: psutil.Process) -> str:
+    cmd = " ".join(p.cmdline())
+    if "resource_tracker" in cmd or "semaphore_tracker" in cmd:
+        return ""
+    return "worker"
+
+
+def one_fit(name: str, train: Path, test: Path, folder: Path, args: argparse.Namespace) -> dict:
+    """Fit and evaluate one training set; the row of the table."""
+    model = folder / f"{name}.zarr"
+    fit = [
+        *RFMDIST, "fit", "--train", str(train), "--target", "target", "--out", str(model),
+        "--task", "classification", "--centers", str(args.centers), "--iters", str(args.iters),
+        "--agop-samples", "20000", "--solver", "direct", "--seed", str(args.seed),
+        "--workers", str(args.workers), "--threads-per-worker", "1",
+    ]  # fmt: skip
+    logger.info("running: %s", " ".join(fit))
+    code, seconds, peaks = run_measured(fit, folder / f"{name}_fit.log")
+    if code != 0:
+        raise SystemExit(f"rfmdist fit failed ({code}); see {folder / f'{name}_fit.log'}")
+    evaluate = subprocess.run(
+        [*RFMDIST, "evaluate", "--model", str(model), "--data", str(test), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    scores = json.loads(evaluate.stdout)
+    rows = int(pd.read_parquet(train, columns=["target"]).shape[0])
+    workers = sorted((rss for role, rss in peaks.values() if role == "worker"), reverse=True)
+    return {
+        "name": name,
+        "rows": rows,
+        "seconds": seconds,
+        "client_rss": next(rss for role, rss in peaks.values() if role == "client"),
+        "worker_rss": workers[: args.workers],
+        "accuracy": scores["accuracy"],
+        "test_rows": scores["n"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--centers", type=int, default=2000)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--subset", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", metavar="DIR", help="Work in DIR and keep the files.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = split(folder, args.subset, args.seed)
+        results = [
+            one_fit(f"subset_{args.subset}", paths["subset"], paths["test"], folder, args),
+            one_fit("full", paths["train"], paths["test"], folder, args),
+        ]
+    mib = 2**20
+    print(
+        f"\nkddcup via rfmdist CLI: {args.workers} workers x 1 thread, Nyström m={args.centers}, "
+        f"iters={args.iters}, AGOP on 20,000 rows, direct solve, float64, seed {args.seed}"
+    )
+    print(f"{'train rows':>10}  {'fit wall s':>10}  {'client MiB':>10}  {'worker MiB':>16}  "
+          f"{'test acc':>8}  {'test rows':>9}")  # fmt: skip
+    for r in results:
+        workers = "/".join(f"{w / mib:.0f}" for w in r["worker_rss"])
+        print(
+            f"{r['rows']:>10}  {r['seconds']:>10.1f}  {r['client_rss'] / mib:>10.0f}  "
+            f"{workers:>16}  {r['accuracy']:>8.4f}  {r['test_rows']:>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
