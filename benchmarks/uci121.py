@@ -45,7 +45,9 @@ Outputs
   the date, the summary, the per-set table and the skipped / failed sets.
 
 - ``<out>.meta.json`` next to the CSV: the run's command, start / end (UTC), wall time, machine,
-  ``--max-n`` and the sets run and skipped (read back by ``--merge``).
+  ``--max-n`` and the sets run and skipped (read back by ``--merge``). Rewritten after every set
+  with ``"stopped"`` set and the wall time so far, so that an interrupted run is reported as such;
+  the final write drops ``"stopped"``.
 
 ``--max-n N`` skips the sets with more than N rows in their main file (listed in the outputs).
 
@@ -53,8 +55,9 @@ Outputs
 CSVs of earlier runs (for example a ``--max-n 5000`` run and a run of larger sets), with one
 summary over all of them, the table of runs (commands, dates, wall times from the ``.meta.json``
 files) and their total wall time, and every set without results with the reason (skipped by
-``--max-n`` in run k, not requested, or missing from the data copy: miniboone). A set present in
-several CSVs keeps the rows of the last. ``--note TEXT`` (repeatable) adds a line under "Notes".
+``--max-n`` in run k; in run k's list but not reached because the run was stopped, as recorded
+by a ``"stopped"`` entry of its ``.meta.json``; not requested; or missing from the data copy:
+miniboone). A set present in several CSVs keeps the rows of the last. ``--note TEXT`` (repeatable) adds a line under "Notes".
 
 ``--jobs J`` runs J sets at a time in worker processes, each limited to ``--threads`` (default 1)
 BLAS / OpenMP threads with threadpoolctl (also applied in this process when J = 1; 0 leaves the
@@ -939,10 +942,13 @@ def merge_results(args: argparse.Namespace, argv_list: Sequence[str]) -> int:
     paths = [Path(p.strip()) for p in args.merge.split(",") if p.strip()]
     frames, runs = [], []
     for k, path in enumerate(paths, 1):
-        if not path.exists():
-            raise SystemExit(f"--merge: expected a CSV at {path}, found none. Fix: check the path.")
-        part = _read_results_csv(path)
         meta = read_run_meta(path) or {}
+        if path.exists():
+            part = _read_results_csv(path)
+        elif meta:  # a run stopped before its first set finished
+            part = pd.DataFrame(columns=list(CSV_COLUMNS))
+        else:
+            raise SystemExit(f"--merge: expected a CSV at {path}, found none. Fix: check the path.")
         meta = {**meta, "csv": str(path), "run": k, "sets_in_csv": part["dataset"].nunique()}
         if frames:  # a set in several CSVs: the later CSV wins
             earlier = pd.concat(frames)
@@ -960,11 +966,13 @@ def merge_results(args: argparse.Namespace, argv_list: Sequence[str]) -> int:
         if name in done:
             continue
         rows = _rows_used(name, summary, root)
-        reasons = [
-            f"n = {rows} > --max-n {r.get('max_n')} in run {r['run']}"
-            for r in runs
-            if name in (r.get("skipped") or {})
-        ]
+        reasons = []
+        for r in runs:
+            if name in (r.get("skipped") or {}):
+                reasons.append(f"n = {rows} > --max-n {r.get('max_n')} in run {r['run']}")
+            elif name in (r.get("sets_run") or []):
+                why = f": {r['stopped']}" if r.get("stopped") else ""
+                reasons.append(f"n = {rows}; run {r['run']} stopped before reaching it{why}")
         not_run.append(
             (
                 name,
@@ -980,7 +988,7 @@ def merge_results(args: argparse.Namespace, argv_list: Sequence[str]) -> int:
             {
                 "run": r["run"],
                 "command": f"`{r.get('command', '(not recorded)')}`",
-                "finished": r.get("finished_utc", ""),
+                "finished": r.get("finished_utc") or r.get("stopped", ""),
                 "wall time": _fmt_seconds(float(r["elapsed_s"])) if r.get("elapsed_s") else "",
                 "sets": r["sets_in_csv"],
                 "csv": r["csv"],
@@ -1037,13 +1045,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
 
+    command = shlex.join(["python", "benchmarks/uci121.py", *argv_list])
+    started = _dt.datetime.now(_dt.timezone.utc)
+    start = time.perf_counter()
+    meta: dict[str, Any] = {
+        "runner": "uci121",
+        "command": command,
+        "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "machine": machine_info(),
+        "max_n": args.max_n,
+        "seed": args.seed,
+        "rf_trees": args.rf_trees,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "sets_run": to_run,
+        "skipped": {n: rows_used[n] for n in skipped},
+    }
+
+    def progress_meta() -> None:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        meta["stopped"] = (
+            "interrupted (the last progress record is "
+            f"{now.strftime('%Y-%m-%d %H:%M:%S UTC')}, {len(rows) // len(METHODS)} sets done)"
+        )
+        meta["elapsed_s"] = round(time.perf_counter() - start, 1)
+        write_run_meta(out, meta)
+
     def collect(new_rows: list[dict[str, Any]]) -> None:
         rows.extend(new_rows)
         partial = _order(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), names, METHODS)
         partial.to_csv(out, index=False)
+        progress_meta()
 
-    started = _dt.datetime.now(_dt.timezone.utc)
-    start = time.perf_counter()
+    progress_meta()
     run_sets(
         evaluate_uci_set,
         to_run,
@@ -1058,23 +1092,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame = _order(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), names, METHODS)
     frame.to_csv(out, index=False)
     logger.info("wrote %s (%d rows) in %.1f s", out, len(frame), elapsed)
-    command = shlex.join(["python", "benchmarks/uci121.py", *argv_list])
     finished = _dt.datetime.now(_dt.timezone.utc)
-    meta = {
-        "runner": "uci121",
-        "command": command,
-        "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "finished_utc": finished.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "elapsed_s": round(elapsed, 1),
-        "machine": machine_info(),
-        "max_n": args.max_n,
-        "seed": args.seed,
-        "rf_trees": args.rf_trees,
-        "jobs": args.jobs,
-        "threads": args.threads,
-        "sets_run": to_run,
-        "skipped": {n: rows_used[n] for n in skipped},
-    }
+    meta.pop("stopped", None)
+    meta["finished_utc"] = finished.strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta["elapsed_s"] = round(elapsed, 1)
     write_run_meta(out, meta)
 
     failed = frame.loc[frame["error"].ne(""), ["dataset", "method", "error"]]
