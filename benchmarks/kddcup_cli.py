@@ -29,7 +29,7 @@ import psutil
 
 logger = logging.getLogger("kddcup_cli")
 REPO = Path(__file__).resolve().parents[1]
-RFMDIST = [sys.executable, "-m", "rfmdist.cli.main"]
+RFMDIST = [sys.executable, "-m", "rfmdist.cli"]
 
 
 def data_file() -> Path:

@@ -39,7 +39,7 @@ ENV = {
     "MKL_NUM_THREADS": "1",
     "PYTHONWARNINGS": "ignore",
 }
-RFMDIST = [sys.executable, "-m", "rfmdist.cli.main"]
+RFMDIST = [sys.executable, "-m", "rfmdist.cli"]
 # Small enough for 2 busy cores, several seconds per round so that faults land mid-fit.
 FIT_OPTIONS = ["--centers", "600", "--solver", "direct", "--iters", "4", "--seed", "0"]
 REFERENCE_PARAMS = {"centers": 600, "solver": "direct", "iters": 4, "random_state": 0}
