@@ -34,13 +34,20 @@ printed per task (mean test score, wins with ties counted for each tied method, 
 ties averaged, over the sets where every method ran), and the section between
 ``<!-- grinsztajn:begin -->`` and ``<!-- grinsztajn:end -->`` of ``--results-md`` (with the training
 cap used, the sets missing from the data copy and the ``--note`` lines), and ``<out>.meta.json``
-(command, dates, wall time, machine; as in benchmarks/uci121.py).
+(command, dates, wall time, machine; rewritten after every set with ``"stopped"`` until the
+run ends, as in benchmarks/uci121.py).
+
+``--merge a.csv[,b.csv]`` runs nothing: it regenerates the section from the CSVs (and their
+``.meta.json``) of earlier runs, with the table of runs, their total wall time and every set of
+the data copy without results with the reason (skipped by ``--max-n``, run stopped before it, or
+not requested).
 
 Usage::
 
     python benchmarks/grinsztajn.py [--sets reg_num/abalone,clf_num/credit] [--max-n N]
         [--jobs J] [--out results.csv] [--data-root DIR] [--results-md benchmarks/RESULTS.md]
         [--seed 0] [--max-train 10000] [--rf-trees 300] [--threads 1] [--note TEXT]
+    python benchmarks/grinsztajn.py --merge a.csv[,b.csv] [--results-md ...] [--note TEXT]
 
 ``--jobs J`` runs J sets at a time in worker processes; every process running sets uses
 ``--threads`` (default 1; 0 = library default) BLAS / OpenMP threads (threadpoolctl).
@@ -359,6 +366,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     common.add_threads_option(parser)
     parser.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated CSVs of earlier runs: run nothing, regenerate the section from them",
+    )
+    parser.add_argument(
         "--note",
         action="append",
         default=None,
@@ -393,11 +405,179 @@ def _per_set_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    ok = frame[frame["error"].eq("")]
+    tables = {}
+    for task, label in (("classification", "accuracy"), ("regression", "R²")):
+        part = ok[ok["task"].eq(task)]
+        if not part.empty:
+            tables[f"{task} (test {label})"] = common.summarize(part, "test_score", METHODS)
+    return tables
+
+
+def build_section(
+    frame: pd.DataFrame,
+    runs: Sequence[dict[str, Any]],
+    *,
+    header: Sequence[str],
+    not_run: Sequence[tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """The markdown of the grinsztajn section (shared by a run and ``--merge``).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Result rows (``CSV_COLUMNS``), possibly from several runs.
+    runs : sequence of dict
+        Run metadata (``max_train``, ``seed``, ``rf_trees``, ``machine``).
+    header : sequence of str
+        Title, generation line and command(s).
+    not_run : sequence of (name, reason)
+        Sets of the data copy without results.
+    notes : sequence of str
+        ``--note`` lines.
+    """
+
+    def values(key: str, default: Any) -> str:
+        found = list(dict.fromkeys(r[key] for r in runs if r.get(key) is not None))
+        return "/".join(str(v) for v in found) if found else str(default)
+
+    caps = [int(r["max_train"]) for r in runs if r.get("max_train")] or [MAX_TRAIN]
+    n_train = frame.groupby("dataset")["n_train"].first()
+    capped = int((n_train >= min(caps)).sum()) if len(n_train) else 0
+    machines = list(dict.fromkeys(r["machine"] for r in runs if r.get("machine")))
+    failed = frame.loc[frame["error"].ne(""), ["dataset", "method", "error"]]
+    parts = [
+        *header,
+        "",
+        f"Training cap: `--max-train {values('max_train', MAX_TRAIN)}` (the documented cap is "
+        f"{MAX_TRAIN:,}); {capped} of {frame['dataset'].nunique()} sets hit it.",
+        "",
+        *(machines[:1] or [common.machine_info()]),
+        "",
+        f"Protocol: one seeded split per set (seed {values('seed', 0)}; train 70 % capped at "
+        f"{values('max_train', MAX_TRAIN)}, validation / test 30 / 70 % of the rest), features "
+        "and regression targets z-scored on the training rows; hyper-parameters chosen on "
+        "validation (accuracy, or MSE for regression); test accuracy (classification) or R² "
+        "(regression). RFM: Laplace kernel, "
+        f"L = {common.BANDWIDTH:g}, reg in {list(common.REGS)}, diag in {{False, True}}, "
+        f"rounds 0..{common.MAX_ROUNDS}; laplace = RFM round 0; random_forest: "
+        f"{values('rf_trees', common.RF_N_ESTIMATORS)} trees, max_features in "
+        "{sqrt, 0.5, 1.0}; hist_gb: learning_rate in {0.03, 0.1, 0.3} x max_leaf_nodes in "
+        "{15, 63}.",
+        "",
+        "Wins: every method reaching a set's best score counts a win (ties count for each). "
+        "Rank 1 = best; ties share the average rank. Only sets where every method ran.",
+        "",
+    ]
+    for title, table in _summary_tables(frame).items():
+        parts += [f"### Summary: {title}", "", common.markdown_table(table, ".4f"), ""]
+    if notes:
+        parts += ["### Notes", "", *[f"- {n}" for n in notes], ""]
+    parts += [
+        "### Test score per set",
+        "",
+        common.markdown_table(_per_set_table(frame)) if not frame.empty else "(no set run)",
+        "",
+    ]
+    if not_run:
+        table = pd.DataFrame(not_run, columns=["dataset", "reason"]).set_index("dataset")
+        parts += [f"### Sets not run ({len(not_run)})", "", common.markdown_table(table), ""]
+    parts += [
+        f"Not in the shared data copy ({len(MISSING_FROM_COPY)} sets of the original "
+        f"benchmark): {', '.join(MISSING_FROM_COPY)}.",
+        "",
+    ]
+    if not failed.empty:
+        parts += ["Failed:", "", common.markdown_table(failed.set_index("dataset")), ""]
+    return "\n".join(parts)
+
+
+def _print_summary(title: str, frame: pd.DataFrame) -> None:
+    print(f"\n{title}")
+    for name, table in _summary_tables(frame).items():
+        print(f"\n{name}\n{common.markdown_table(table, '.4f')}")
+
+
+def merge_results(args: argparse.Namespace, argv_list: Sequence[str]) -> int:
+    """``--merge``: regenerate the section from the CSVs (and ``.meta.json``) of earlier runs."""
+    root = resolve_data_root(args.data_root)
+    names = list(read_grinsztajn_summary(root).index)
+    frames, runs = [], []
+    for k, path in enumerate(Path(p.strip()) for p in args.merge.split(",") if p.strip()):
+        meta = common.read_run_meta(path) or {}
+        if path.exists():
+            part = pd.read_csv(
+                path,
+                keep_default_na=False,
+                na_values=[""],
+                dtype={"chosen_params": object, "error": object},
+            )
+            part["error"] = part["error"].fillna("").astype(str)
+        elif meta:
+            part = pd.DataFrame(columns=list(CSV_COLUMNS))
+        else:
+            raise SystemExit(f"--merge: expected a CSV at {path}, found none. Fix: check the path.")
+        if frames:  # a set in several CSVs: the later CSV wins
+            frames = [f[~f["dataset"].isin(set(part["dataset"]))] for f in frames]
+        frames.append(part)
+        runs.append({**meta, "run": k + 1, "csv": str(path), "sets": part["dataset"].nunique()})
+    frame = _order(pd.concat(frames, ignore_index=True), names)
+    done = set(frame["dataset"])
+    not_run = []
+    for name in names:
+        if name in done:
+            continue
+        reason = "not requested by any merged run"
+        for r in runs:
+            if name in (r.get("skipped") or {}):
+                reason = f"n > --max-n {r.get('max_n')} in run {r['run']}"
+            elif name in (r.get("sets_run") or []):
+                why = f": {r['stopped']}" if r.get("stopped") else ""
+                reason = f"run {r['run']} stopped before reaching it{why}"
+        not_run.append((name, reason))
+    total = sum(float(r.get("elapsed_s") or 0.0) for r in runs)
+    run_table = pd.DataFrame(
+        [
+            {
+                "run": r["run"],
+                "command": f"`{r.get('command', '(not recorded)')}`",
+                "finished": r.get("finished_utc") or r.get("stopped", ""),
+                "wall time": f"{float(r.get('elapsed_s') or 0):.0f} s",
+                "sets": r["sets"],
+                "csv": r["csv"],
+            }
+            for r in runs
+        ]
+    ).set_index("run")
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = [
+        "## Grinsztajn et al. (NeurIPS 2022) tabular benchmark",
+        "",
+        f"Generated by `{shlex.join(['python', 'benchmarks/grinsztajn.py', *argv_list])}` on "
+        f"{now} from {len(runs)} run(s); do not edit by hand.",
+        "",
+        f"Total wall time of the runs: {total:.0f} s ({total / 60:.1f} min); "
+        f"{len(done)} sets with results, {len(not_run)} not run.",
+        "",
+        common.markdown_table(run_table),
+    ]
+    body = build_section(frame, runs, header=header, not_run=not_run, notes=args.note or ())
+    _print_summary(f"Grinsztajn merged: {len(done)} sets, total {total:.0f} s", frame)
+    if args.results_md:
+        common.write_results_section(Path(args.results_md), SECTION, body)
+        logger.info("updated the %s section of %s", SECTION, args.results_md)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; see the module docstring. Returns the exit status."""
+    """Run the benchmark (or merge runs); see the module docstring. Returns the exit status."""
     args = parse_args(argv)
     common.configure_logging(args.log_level)
     argv_list = list(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        return merge_results(args, argv_list)
     root = resolve_data_root(args.data_root)
     summary = read_grinsztajn_summary(root)
     names = list(summary.index)
@@ -419,13 +599,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    command = shlex.join(["python", "benchmarks/grinsztajn.py", *argv_list])
+    started = _dt.datetime.now(_dt.timezone.utc)
+    start = time.perf_counter()
+    meta: dict[str, Any] = {
+        "runner": "grinsztajn",
+        "command": command,
+        "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "machine": common.machine_info(),
+        "max_n": args.max_n,
+        "max_train": args.max_train,
+        "seed": args.seed,
+        "rf_trees": args.rf_trees,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "sets_run": to_run,
+        "skipped": {n: int(summary.loc[n, "n"]) for n in skipped},
+    }
+
+    def progress_meta() -> None:
+        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        meta["stopped"] = (
+            f"interrupted (the last progress record is {now}, "
+            f"{len(rows) // len(METHODS)} sets done)"
+        )
+        meta["elapsed_s"] = round(time.perf_counter() - start, 1)
+        common.write_run_meta(out, meta)
 
     def collect(new_rows: list[dict[str, Any]]) -> None:
         rows.extend(new_rows)
         _order(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), names).to_csv(out, index=False)
+        progress_meta()
 
-    started = _dt.datetime.now(_dt.timezone.utc)
-    start = time.perf_counter()
+    progress_meta()
     common.run_sets(
         evaluate_grinsztajn_set,
         to_run,
@@ -443,95 +649,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame.to_csv(out, index=False)
     logger.info("wrote %s (%d rows) in %.1f s", out, len(frame), elapsed)
     finished = _dt.datetime.now(_dt.timezone.utc)
-    command = shlex.join(["python", "benchmarks/grinsztajn.py", *argv_list])
-    common.write_run_meta(
-        out,
-        {
-            "runner": "grinsztajn",
-            "command": command,
-            "started_utc": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "finished_utc": finished.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "elapsed_s": round(elapsed, 1),
-            "machine": common.machine_info(),
-            "max_n": args.max_n,
-            "max_train": args.max_train,
-            "seed": args.seed,
-            "rf_trees": args.rf_trees,
-            "jobs": args.jobs,
-            "threads": args.threads,
-            "sets_run": to_run,
-            "skipped": {n: int(summary.loc[n, "n"]) for n in skipped},
-        },
-    )
+    meta.pop("stopped", None)
+    meta["finished_utc"] = finished.strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta["elapsed_s"] = round(elapsed, 1)
+    common.write_run_meta(out, meta)
 
-    ok = frame[frame["error"].eq("")]
-    tables = {}
-    for task, label in (("classification", "accuracy"), ("regression", "R²")):
-        part = ok[ok["task"].eq(task)]
-        if not part.empty:
-            tables[f"{task} (test {label})"] = common.summarize(part, "test_score", METHODS)
     failed = frame.loc[frame["error"].ne(""), ["dataset", "method", "error"]]
-    print(f"\nGrinsztajn: {len(to_run)} sets run, {len(skipped)} skipped, {elapsed:.0f} s")
-    for title, table in tables.items():
-        print(f"\n{title}\n{common.markdown_table(table, '.4f')}")
+    _print_summary(
+        f"Grinsztajn: {len(to_run)} sets run, {len(skipped)} skipped, {elapsed:.0f} s", frame
+    )
     if skipped:
         print(f"Skipped (n > {args.max_n}): {', '.join(skipped)}")
     if not failed.empty:
         print(f"Failed: {len(failed)} (set, method) pairs; see the 'error' column of {out}")
-
     if args.results_md:
-        now = finished.strftime("%Y-%m-%d %H:%M UTC")
-        capped = int((frame.groupby("dataset")["n_train"].first() >= args.max_train).sum())
-        cap_line = (
-            f"Training cap: `--max-train {args.max_train}` (the documented cap is {MAX_TRAIN:,}); "
-            f"{capped} of {frame['dataset'].nunique()} sets hit it."
-        )
-        parts = [
+        header = [
             "## Grinsztajn et al. (NeurIPS 2022) tabular benchmark",
             "",
-            f"Generated by `benchmarks/grinsztajn.py` on {now} in {elapsed:.0f} s "
-            f"({elapsed / 60:.1f} min) for {len(to_run)} sets; do not edit by hand.",
+            f"Generated by `benchmarks/grinsztajn.py` on {finished.strftime('%Y-%m-%d %H:%M UTC')}"
+            f" in {elapsed:.0f} s ({elapsed / 60:.1f} min) for {len(to_run)} sets; do not edit "
+            "by hand.",
             "",
             f"Command: `{command}`",
-            "",
-            cap_line,
-            "",
-            common.machine_info(),
-            "",
-            f"Protocol: one seeded split per set (seed {args.seed}; train 70 % capped at "
-            f"{args.max_train}, validation / test 30 / 70 % of the rest), features and "
-            "regression targets z-scored on the training rows; hyper-parameters chosen on "
-            "validation (accuracy, or MSE for regression); test accuracy (classification) or R² "
-            "(regression). RFM: Laplace kernel, "
-            f"L = {common.BANDWIDTH:g}, reg in {list(common.REGS)}, diag in {{False, True}}, "
-            f"rounds 0..{common.MAX_ROUNDS}; laplace = RFM round 0; random_forest: "
-            f"{args.rf_trees} trees, max_features in {{sqrt, 0.5, 1.0}}; hist_gb: learning_rate "
-            "in {0.03, 0.1, 0.3} x max_leaf_nodes in {15, 63}.",
-            "",
-            "Wins: every method reaching a set's best score counts a win (ties count for each). "
-            "Rank 1 = best; ties share the average rank. Only sets where every method ran.",
-            "",
         ]
-        for title, table in tables.items():
-            parts += [f"### Summary: {title}", "", common.markdown_table(table, ".4f"), ""]
-        if args.note:
-            parts += ["### Notes", "", *[f"- {n}" for n in args.note], ""]
-        parts += [
-            "### Test score per set",
-            "",
-            common.markdown_table(_per_set_table(frame)) if not frame.empty else "(no set run)",
-            "",
-        ]
-        if skipped:
-            parts += [f"Skipped (n > {args.max_n}): {', '.join(skipped)}", ""]
-        parts += [
-            f"Not in the shared data copy ({len(MISSING_FROM_COPY)} sets of the original "
-            f"benchmark): {', '.join(MISSING_FROM_COPY)}.",
-            "",
-        ]
-        if not failed.empty:
-            parts += ["Failed:", "", common.markdown_table(failed.set_index("dataset")), ""]
-        common.write_results_section(Path(args.results_md), SECTION, "\n".join(parts))
+        not_run = [(n, f"n = {int(summary.loc[n, 'n'])} > --max-n {args.max_n}") for n in skipped]
+        body = build_section(frame, [meta], header=header, not_run=not_run, notes=args.note or ())
+        common.write_results_section(Path(args.results_md), SECTION, body)
         logger.info("updated the %s section of %s", SECTION, args.results_md)
     return 0 if failed.empty else 1
 
