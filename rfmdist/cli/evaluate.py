@@ -74,7 +74,7 @@ def score(estimator: Any, pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     --------
     >>> s = score(object(), np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
     >>> round(s["mse"], 4), round(s["r2"], 4)
-    (0.3333, 0.5)
+    (0.3333, 0.7857)
     """
     n = len(y)
     if hasattr(estimator, "classes_"):
