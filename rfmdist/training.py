@@ -252,7 +252,9 @@ def solve_round(
         )
         record = {"solver": "direct", "jitter": jitter, "seconds": time.perf_counter() - start}
     else:
-        precond = CentersPreconditioner(K_mm64, op.n_rows, reg)
+        precond = CentersPreconditioner(
+            K_mm64, op.n_rows, reg, resolution=float(np.finfo(K_mm.dtype).eps)
+        )
         result = conjugate_gradient(
             lambda V: op.normal_matvec(V) + reg * (K_mm64 @ V),
             rhs,

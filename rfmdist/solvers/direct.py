@@ -39,7 +39,9 @@ class DirectResult:
         return {"solver": "direct", "jitter": self.jitter, "seconds": self.seconds}
 
 
-def cholesky_jittered(A: Any, shift: float, *, what: str = "K + reg*I") -> tuple[Any, float]:
+def cholesky_jittered(
+    A: Any, shift: float, *, what: str = "K + reg*I", resolution: float | None = None
+) -> tuple[Any, float]:
     """Lower Cholesky factor of ``A + (shift + jitter) I`` with the smallest jitter that works.
 
     The jitter starts at 0, then ``100 eps(dtype) mean(diag A)`` growing 10x per try, with a
@@ -54,6 +56,9 @@ def cholesky_jittered(A: Any, shift: float, *, what: str = "K + reg*I") -> tuple
         Diagonal shift that is part of the problem (the ridge), not a safeguard.
     what : str
         Name of the matrix in messages.
+    resolution : float, optional
+        Relative accuracy of ``A``'s entries (default: the epsilon of its dtype). A float32 kernel
+        cast to float64 for the factorisation is only float32-accurate: pass float32's epsilon.
 
     Returns
     -------
@@ -66,7 +71,8 @@ def cholesky_jittered(A: Any, shift: float, *, what: str = "K + reg*I") -> tuple
     if A.shape != (n, n):
         raise ValueError(f"Expected a square matrix for {what}, found shape {A.shape}.")
     diag_mean = float(xp.abs(xp.diagonal(A)).mean()) if n else 0.0
-    base = 100 * float(np.finfo(A.dtype).eps) * max(diag_mean, 1e-30)
+    eps = float(np.finfo(A.dtype).eps) if resolution is None else resolution
+    base = 100 * eps * max(diag_mean, 1e-30)
     index = xp.arange(n)
     jitter = 0.0
     for attempt in range(MAX_JITTER_TRIES + 1):

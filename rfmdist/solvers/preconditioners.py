@@ -123,19 +123,22 @@ class CentersPreconditioner:
         Number of data rows the system sums over.
     reg : float
         The ridge of the system ``K_nm^T K_nm + reg K_mm``.
+    resolution : float, optional
+        Relative accuracy of ``K_mm``'s entries (the epsilon of the kernel's dtype).
     """
 
-    def __init__(self, K_mm: Any, n: int, reg: float) -> None:
-        xp = get_namespace(K_mm)
+    def __init__(self, K_mm: Any, n: int, reg: float, *, resolution: float | None = None) -> None:
         m = K_mm.shape[0]
-        eps = float(np.finfo(K_mm.dtype).eps)
-        # T^T T = K_mm (T upper); a tiny relative jitter keeps duplicate centers factorable.
-        lower_t, self.jitter_mm = cholesky_jittered(K_mm, eps * m, what="K_mm")
+        eps = float(np.finfo(K_mm.dtype).eps) if resolution is None else resolution
+        # T^T T = K_mm (T upper); a small relative jitter keeps duplicate centers factorable. The
+        # preconditioner only steers CG: a jitter here changes its speed, never the solution.
+        lower_t, self.jitter_mm = cholesky_jittered(
+            K_mm, eps * m, what="K_mm", resolution=eps
+        )
         self._t_upper = lower_t.T
         inner = (n / m) * (self._t_upper @ self._t_upper.T)
         lower_r, self.jitter_inner = cholesky_jittered(inner, reg, what="(n/m) T T^T + reg I")
         self._r_upper = lower_r.T
-        self._xp = xp
 
     def __call__(self, R: Any) -> Any:
         """Apply ``P^{-1} = T^{-1} R^{-1} R^{-T} T^{-T}`` to ``R`` of shape (m, c)."""
