@@ -276,7 +276,8 @@ class _RFMBase(BaseEstimator):
                 Xp = Xp.persist()
             if not is_dask_array(Y):
                 Y = da.from_array(np.asarray(Y), chunks=(Xp.chunks[0], Y.shape[1]))
-            Y = Y.rechunk({0: Xp.chunks[0]})
+            # Persisted once, so that no pass carries the targets in its graph.
+            Y = Y.rechunk({0: Xp.chunks[0]}).persist()
         center_rows, centers = self._choose_centers(Xp, n, seed, preprocessing, dtype)
         return TrainingData(
             X=Xp,

@@ -227,6 +227,10 @@ class DaskKernelOperator:
             return self._cached
         return K
 
+    def dense(self) -> Any:
+        """The whole kernel ``K(X, Z)`` gathered on the client, shape (n, m) (for direct solves)."""
+        return self._kernel_array().compute()
+
     def _tree_sum(self, parts: Any) -> Any:
         """Add per-chunk partial results (stacked on axis 0) by a tree reduction; compute."""
         return parts.sum(axis=0, split_every=self.split_every).compute()

@@ -179,10 +179,11 @@ def agop_rows(n: int, samples: int | None, seed: int, round_index: int) -> np.nd
 
 
 def choose_solver(config: RoundConfig, data: TrainingData) -> str:
-    """Resolve ``solver='auto'``: direct for small exact systems in memory, PCG otherwise."""
+    """Resolve ``solver='auto'``: direct for exact systems up to ``DIRECT_MAX_ROWS`` rows (the kernel
+    is gathered on the client, also from Dask data), PCG otherwise."""
     if config.solver != "auto":
         return config.solver
-    if data.exact and data.n_rows <= DIRECT_MAX_ROWS and not is_dask_array(data.X):
+    if data.exact and data.n_rows <= DIRECT_MAX_ROWS:
         return "direct"
     return "pcg"
 

@@ -154,3 +154,4 @@ class CentersPreconditioner:
             "jitter_kmm": float(self.jitter_mm),
             "jitter_inner": float(self.jitter_inner),
         }
+
