@@ -7,8 +7,10 @@ for NumPy and CuPy arrays. CuPy imports on machines without a GPU but fails at t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -133,3 +135,98 @@ def solve_triangular(a: Any, b: Any, *, lower: bool, trans: bool = False) -> Any
     from cupyx.scipy.linalg import solve_triangular as cupy_solve_triangular
 
     return cupy_solve_triangular(a, b, lower=lower, trans="T" if trans else "N")
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+DEVICES: tuple[str, ...] = ("cpu", "gpu", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """Resolve an estimator's ``device`` to ``'cpu'`` or ``'gpu'``.
+
+    Parameters
+    ----------
+    device : {'cpu', 'gpu', 'auto'}
+        'auto' is 'gpu' exactly when :func:`gpu_available` (CuPy installed and able to allocate).
+
+    Raises
+    ------
+    ImportError
+        ``device='gpu'`` without CuPy (the message gives the install command).
+    RuntimeError
+        ``device='gpu'`` with CuPy installed but no CUDA device it can allocate on.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device == "cpu":
+        return "cpu"
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device != "gpu":
+        raise ValueError(f"Expected device in {DEVICES}, found {device!r}; pass device='cpu'.")
+    cupy_module()
+    if not gpu_available():
+        raise RuntimeError(
+            "Expected a CUDA GPU that CuPy can allocate on for device='gpu', found none (no "
+            "device, no driver, or CUDA_VISIBLE_DEVICES hides them; see nvidia-smi); use "
+            "device='auto' to fall back to the CPU, or device='cpu'."
+        )
+    return "gpu"
+
+
+def default_dtype(device: str) -> np.dtype:
+    """Kernel dtype when the estimator's ``dtype`` is None: float64 on the CPU, float32 on a GPU
+    (whose float64 GEMM rate is a small fraction of its float32 rate on most cards)."""
+    return np.dtype(np.float32 if device == "gpu" else np.float64)
+
+
+def to_device(x: Any, dtype: Any = None) -> Any:
+    """Copy a host array (or a CuPy array, to another dtype) to the current GPU: ``cupy.asarray``."""
+    return cupy_module().asarray(x, dtype=dtype)
+
+
+def device_meta(dtype: Any, ndim: int = 2) -> Any:
+    """An empty CuPy array of ``dtype``: the ``meta`` of Dask arrays with CuPy chunks."""
+    return cupy_module().empty((0,) * ndim, dtype=dtype)
+
+
+def free_device_bytes() -> int:
+    """Bytes the current GPU can still give: free device memory plus what CuPy's pool holds unused."""
+    cupy = cupy_module()
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+
+
+def set_tf32(enabled: bool) -> bool | None:
+    """Let CuPy's float32 GEMMs use TF32 tensor cores (or not); return the previous setting.
+
+    TF32 rounds the GEMM inputs to a 10-bit mantissa (relative error ~5e-4 instead of float32's
+    ~6e-8), which is much faster on Ampere and later GPUs. Sets CuPy's float32 compute type (what the
+    ``CUPY_TF32=1`` environment variable selects at CuPy's first GEMM) for this process; returns None
+    and does nothing where CuPy is not installed (a CPU worker).
+    """
+    cupy = _cupy()
+    if cupy is None:
+        return None
+    from cupy._core import _routines_linalg as linalg
+
+    previous = linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+    linalg.set_compute_type(
+        np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+    )
+    return previous
+
+
+@contextlib.contextmanager
+def tf32_matmul(enabled: bool) -> Iterator[None]:
+    """Context in which this process's CuPy float32 GEMMs use TF32 (``enabled``) or full float32."""
+    previous = set_tf32(enabled)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            set_tf32(previous)

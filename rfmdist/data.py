@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rfmdist.backend import get_namespace, is_cupy_array
+from rfmdist.backend import device_meta, get_namespace, is_cupy_array, to_device, to_numpy
 
 FIX_NON_FINITE = (
     "remove or impute those rows, e.g. with sklearn.impute.SimpleImputer, before fitting"
@@ -23,6 +23,32 @@ FIX_NON_FINITE = (
 def is_dask_array(x: Any) -> bool:
     """True for a ``dask.array.Array`` (without importing Dask for other inputs)."""
     return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks")
+
+
+def on_device(x: Any, device: str) -> Any:
+    """``x`` with its data where the kernel passes run: host for 'cpu', the current GPU for 'gpu'.
+
+    In-memory arrays are copied (``cupy.asarray`` / ``.get()``) unless already there; Dask arrays are
+    converted chunk by chunk, lazily (``map_blocks`` with a CuPy or NumPy ``meta``), so Zarr-backed
+    chunks go straight from the store to the device of the worker that reads them.
+
+    Parameters
+    ----------
+    x : array or dask.array.Array
+    device : {'cpu', 'gpu'}
+    """
+    if is_dask_array(x):
+        on_gpu = is_cupy_array(x._meta)
+        if device == "gpu" and not on_gpu:
+            return x.map_blocks(to_device, dtype=x.dtype, meta=device_meta(x.dtype, x.ndim))
+        if device == "cpu" and on_gpu:
+            return x.map_blocks(
+                to_numpy, dtype=x.dtype, meta=np.empty((0,) * x.ndim, dtype=x.dtype)
+            )
+        return x
+    if device == "gpu":
+        return x if is_cupy_array(x) else to_device(x)
+    return to_numpy(x) if is_cupy_array(x) else x
 
 
 def is_store_path(x: Any) -> bool:

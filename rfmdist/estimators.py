@@ -8,10 +8,11 @@ committed to a Zarr store (:mod:`rfmdist.store`) from which an interrupted fit r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
+from rfmdist import memory
 from rfmdist.agop import normalized_diagonal
-from rfmdist.backend import get_namespace, is_cupy_array, to_numpy
+from rfmdist.backend import (
+    DEVICES,
+    default_dtype,
+    get_namespace,
+    gpu_available,
+    is_cupy_array,
+    resolve_device,
+    set_tf32,
+    tf32_matmul,
+    to_numpy,
+)
 from rfmdist.data import (
     check_dask_features,
     check_finite,
@@ -32,6 +44,7 @@ from rfmdist.data import (
     is_dask_array,
     is_dataframe,
     is_store_path,
+    on_device,
     open_zarr_xy,
     regression_targets,
 )
@@ -59,7 +72,6 @@ from rfmdist.training import (
     TrainingData,
     identity_metric,
     iterate_rounds,
-    kernel_cache_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,7 +92,9 @@ PARAMETERS: dict[str, tuple[Any, ...]] = {
     "cache_kernel": (Options(("auto", True, False)),),
     "split_every": (Interval(int, 2, None),),
     "random_state": (RandomState(),),
-    "dtype": (Options(("float32", "float64")),),
+    "dtype": (Options(("float32", "float64")), NoneValue()),
+    "device": (Options(DEVICES),),
+    "tf32": (Options((True, False)),),
 }
 
 
@@ -122,10 +136,27 @@ class _RFMBase(BaseEstimator):
         Fan-in of the tree reductions over Dask chunks.
     random_state : int, Generator, RandomState or None, default=None
         Seeds centers, AGOP subsets and sketches.
-    dtype : {'float32', 'float64'}, default='float64'
-        Precision of the kernel computations (solver state is float64 in both). float32 is faster
-        but its GEMM distances are too coarse for feature-learned kernels of data with near-duplicate
-        rows in the learned metric (measured: a kernel indefinite by more than reg on cpu_act).
+    dtype : {'float32', 'float64'} or None, default=None
+        Precision of the kernel computations (solver state is float64 in both). None: float64 on the
+        CPU, float32 on a GPU (whose float64 rate is a fraction of its float32 rate). float32 is
+        faster but its GEMM distances are too coarse for feature-learned kernels of data with
+        near-duplicate rows in the learned metric (measured: a kernel indefinite by more than reg on
+        cpu_act).
+    device : {'cpu', 'gpu', 'auto'}, default='cpu'
+        Where the kernel passes run. 'gpu': NumPy and Dask/Zarr inputs are copied to the GPU (Dask
+        chunk by chunk, on the workers when a distributed client is active); needs CuPy
+        (``pip install 'rfmdist[gpu]'``) and a GPU it can allocate on. 'auto': the GPU when one is
+        usable, else the CPU (so the default dtype, too, then depends on the machine). 'cpu': CuPy
+        inputs are copied to the host. The fitted model (``model_``, ``M_``, ``coef_``, the store) is
+        always NumPy; ``predict`` returns the input's array type and, for a model fitted with 'gpu'
+        or 'auto', runs on the GPU when one is usable.
+    tf32 : bool, default=False
+        On a GPU, let float32 GEMMs use TF32 tensor cores (CuPy's float32 compute type; for
+        distributed workers it is set on each worker for the fit): several times the float32 GEMM
+        rate on Ampere and later GPUs, but the GEMM inputs keep a 10-bit mantissa (relative error
+        ~5e-4 instead of ~6e-8), and the kernel's squared distances come from one GEMM, so kernel
+        values of close points change by ~1e-3 to 1e-2. Check the validation score before relying on
+        it. Ignored on the CPU.
     """
 
     def __init__(
@@ -146,7 +177,9 @@ class _RFMBase(BaseEstimator):
         cache_kernel: bool | str = "auto",
         split_every: int = 8,
         random_state: Any = None,
-        dtype: str = "float64",
+        dtype: str | None = None,
+        device: str = "cpu",
+        tf32: bool = False,
     ) -> None:
         self.kernel = kernel
         self.bandwidth = bandwidth
@@ -164,6 +197,8 @@ class _RFMBase(BaseEstimator):
         self.split_every = split_every
         self.random_state = random_state
         self.dtype = dtype
+        self.device = device
+        self.tf32 = tf32
 
     # --- hooks the two estimators fill in ----------------------------------------------------------
 
@@ -184,8 +219,8 @@ class _RFMBase(BaseEstimator):
 
     # --- fitting -----------------------------------------------------------------------------------
 
-    def _round_config(self, seed: int) -> RoundConfig:
-        dtype = np.dtype(self.dtype)
+    def _round_config(self, seed: int, device: str = "cpu") -> RoundConfig:
+        dtype = default_dtype(device) if self.dtype is None else np.dtype(self.dtype)
         tol = self.tol if self.tol is not None else (1e-4 if dtype == np.float32 else 1e-7)
         return RoundConfig(
             kernel=self.kernel,
@@ -202,6 +237,8 @@ class _RFMBase(BaseEstimator):
             split_every=int(self.split_every),
             dtype=dtype,
             seed=seed,
+            device=device,
+            tf32=bool(self.tf32),
         )
 
     def _check_features(self, X: Any, *, reset: bool) -> Any:
@@ -269,15 +306,19 @@ class _RFMBase(BaseEstimator):
             rows = chunk_rows_for(n, min(n, AUTO_CENTERS), X.shape[1], dtype.itemsize, 2)
             X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
             Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
+        # Rows, targets, centers and every pass's state live on the device that runs the passes.
+        X = on_device(X, config.device)
         preprocessing = Standardizer.fit(X) if self.standardize else Standardizer()
         Xp = preprocessing.transform(X, dtype)
         if is_dask_array(Xp):
-            if Xp.nbytes <= kernel_cache_bytes():
+            if Xp.nbytes <= memory.cache_bytes(config.device):
                 Xp = Xp.persist()
             if not is_dask_array(Y):
-                Y = da.from_array(np.asarray(Y), chunks=(Xp.chunks[0], Y.shape[1]))
+                Y = da.from_array(to_numpy(Y), chunks=(Xp.chunks[0], Y.shape[1]))
             # Persisted once, so that no pass carries the targets in its graph.
-            Y = Y.rechunk({0: Xp.chunks[0]}).persist()
+            Y = on_device(Y, config.device).rechunk({0: Xp.chunks[0]}).persist()
+        else:
+            Y = on_device(Y, config.device)
         center_rows, centers = self._choose_centers(Xp, n, seed, preprocessing, dtype)
         return TrainingData(
             X=Xp,
@@ -361,6 +402,7 @@ class _RFMBase(BaseEstimator):
             ``resume`` with another estimator class, other parameters or other data than the run's.
         """
         validate_params(type(self).__name__, self.get_params(deep=False), PARAMETERS)
+        device = resolve_device(self.device)
         plan = None if store is None else plan_run(store, resume=resume, overwrite=overwrite)
         if is_store_path(X):
             X, y_store = open_zarr_xy(X)
@@ -390,7 +432,9 @@ class _RFMBase(BaseEstimator):
             if previous is not None
             else int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         )
-        config = self._round_config(seed)
+        config = self._round_config(seed, device)
+        if validation is not None:
+            validation = (on_device(validation[0], device), validation[1])
         data = self._training_data(X, Y, seed, config)
         data.target_scaling = target_scaling
         self.seed_ = seed
@@ -406,7 +450,8 @@ class _RFMBase(BaseEstimator):
                     identity_metric(int(X.shape[1]), config.diag),
                 )
             )
-        stopped = self._run_rounds(data, config, validation, previous, writer, callback)
+        with self._compute_context(device):
+            stopped = self._run_rounds(data, config, validation, previous, writer, callback)
         if writer is not None:
             self._finish_run(writer, plan, stopped)
         return self
@@ -629,10 +674,38 @@ class _RFMBase(BaseEstimator):
 
     # --- prediction --------------------------------------------------------------------------------
 
+    def _predict_device(self) -> str:
+        """'gpu' for a model fitted with device 'gpu' or 'auto' where a GPU is usable, else 'cpu' (a
+        stored GPU model still predicts on a machine without one)."""
+        return "gpu" if self.device in ("gpu", "auto") and gpu_available() else "cpu"
+
+    @contextlib.contextmanager
+    def _compute_context(self, device: str) -> Iterator[None]:
+        """On a GPU: TF32 GEMMs on or off (``tf32``) in this process and on the distributed workers,
+        restored afterwards. Nothing on the CPU."""
+        if device != "gpu":
+            yield
+            return
+        client = _active_client()
+        previous = {} if client is None else client.run(set_tf32, bool(self.tf32))
+        try:
+            with tf32_matmul(bool(self.tf32)):
+                yield
+        finally:
+            for address, value in previous.items():
+                if value is not None:
+                    client.run(set_tf32, value, workers=[address])
+
     def _decision(self, X: Any) -> Any:
         self._check_fitted()
         X = self._check_features(X, reset=False)
-        return self.model_.decision(X)
+        device = self._predict_device()
+        if device == "cpu" or memory.device_of(X) == "gpu":
+            return self.model_.decision(X)
+        # Host input, GPU model: compute on the device, return the input's array type.
+        with self._compute_context(device):
+            pred = self.model_.decision(on_device(X, device))
+            return on_device(pred, "cpu")
 
 
 def _stored_best(stored: StoredRun) -> RoundOutcome | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rfmdist import memory
 from rfmdist.agop import kernel_agop_sum
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Target bytes of one (b x m) kernel block in the blocked loop: large enough for GEMM efficiency,
 # small enough to stay near the caches and keep peak memory low.
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = memory.CPU_BLOCK_BYTES
 
 
 def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -67,7 +68,8 @@ class BlockedKernelOperator:
     cache : bool
         Keep the whole ``n x m`` kernel after the first pass (fast solver iterations when it fits).
     block_rows : int, optional
-        Rows per block; by default about ``BLOCK_BYTES`` of kernel per block.
+        Rows per block; by default about ``BLOCK_BYTES`` of kernel per block on the CPU, and on a GPU
+        what its free memory allows (:func:`rfmdist.memory.block_bytes`).
     """
 
     def __init__(
@@ -82,7 +84,9 @@ class BlockedKernelOperator:
         self.prepared = prepared
         self.cache = cache
         itemsize = np.dtype(prepared.centers_t.dtype).itemsize
-        self.block_rows = block_rows or rows_per_block(prepared.n_centers, itemsize)
+        self.block_rows = block_rows or rows_per_block(
+            prepared.n_centers, itemsize, memory.block_bytes(memory.device_of(prepared.centers_t))
+        )
         self._cached: Any = None
 
     @property

@@ -15,7 +15,6 @@ or stop between rounds; it can start from a later round with a given ``M`` (resu
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from rfmdist import memory
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
@@ -42,7 +42,7 @@ AUTO_CENTERS = 20_000
 
 def kernel_cache_bytes() -> int:
     """Memory the solver may spend keeping a round's ``n x m`` kernel (env RFMDIST_KERNEL_CACHE_BYTES)."""
-    return int(float(os.environ.get("RFMDIST_KERNEL_CACHE_BYTES", 2 * 2**30)))
+    return memory.host_cache_bytes()
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ class RoundConfig:
     split_every : int
     dtype : numpy.dtype
     seed : int
+    device : {'cpu', 'gpu'}
+        Where the kernel passes run (resolved from the estimator's ``device``).
+    tf32 : bool
+        TF32 tensor-core GEMMs on the GPU (set by the caller around the rounds).
     """
 
     kernel: str
@@ -84,6 +88,8 @@ class RoundConfig:
     split_every: int
     dtype: np.dtype
     seed: int
+    device: str = "cpu"
+    tf32: bool = False
 
 
 @dataclass
@@ -189,10 +195,11 @@ def choose_solver(config: RoundConfig, data: TrainingData) -> str:
 
 
 def use_cache(config: RoundConfig, n: int, m: int) -> bool:
-    """Resolve ``cache_kernel``: 'auto' keeps the ``n x m`` kernel when it fits the budget."""
+    """Resolve ``cache_kernel``: 'auto' keeps the ``n x m`` kernel when it fits the budget of the
+    device (:func:`rfmdist.memory.cache_bytes`: a fixed host budget, or the GPU's free memory)."""
     if config.cache_kernel != "auto":
         return bool(config.cache_kernel)
-    return n * m * np.dtype(config.dtype).itemsize <= kernel_cache_bytes()
+    return n * m * np.dtype(config.dtype).itemsize <= memory.cache_bytes(config.device)
 
 
 def solve_round(

@@ -1,0 +1,271 @@
+"""Device selection, dtype defaults, GPU worker specs and memory budgets, checked without a GPU.
+
+CuPy and the GPU are faked where needed (``backend._cupy``, ``backend.gpu_available``,
+``backend.free_device_bytes``); the numerics on a real GPU are in ``tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from rfmdist import RFMRegressor, backend, memory
+from rfmdist.cli import cluster as cli_cluster
+from rfmdist.cli.fit import _estimator_params
+from rfmdist.data import on_device
+from rfmdist.kernels import prepare_kernel
+from rfmdist.operators import BlockedKernelOperator, rows_per_block
+from rfmdist.training import RoundConfig, use_cache
+
+GiB = 2**30
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+
+
+@pytest.fixture
+def no_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "_cupy", lambda: None)
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+
+
+def small_task(n: int = 60, d: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    X = np.random.default_rng(0).normal(size=(n, d))
+    return X, X[:, 0] * X[:, 1]
+
+
+# --- device selection ------------------------------------------------------------------------------
+
+
+def test_auto_falls_back_to_the_cpu_without_a_gpu(no_gpu):
+    assert backend.resolve_device("auto") == "cpu"
+    assert backend.resolve_device("cpu") == "cpu"
+    X, y = small_task()
+    model = RFMRegressor(iters=1, device="auto", random_state=0).fit(X, y)
+    assert model.model_.dtype == np.float64
+    assert isinstance(model.predict(X), np.ndarray)
+
+
+def test_auto_picks_the_gpu_when_cupy_can_allocate(monkeypatch):
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    assert backend.resolve_device("auto") == "gpu"
+
+
+def test_gpu_without_cupy_says_how_to_install_it(no_cupy):
+    X, y = small_task()
+    with pytest.raises(ImportError, match=r"pip install 'rfmdist\[gpu\]'"):
+        RFMRegressor(iters=0, device="gpu").fit(X, y)
+
+
+def test_gpu_with_cupy_but_no_device_is_refused_with_the_fallback(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", lambda: SimpleNamespace())
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    with pytest.raises(RuntimeError, match="device='auto'"):
+        backend.resolve_device("gpu")
+
+
+def test_unknown_device_is_refused_by_the_parameter_table():
+    X, y = small_task()
+    with pytest.raises(ValueError, match="Expected device of RFMRegressor to be one of 'cpu'"):
+        RFMRegressor(device="cuda").fit(X, y)
+    with pytest.raises(ValueError, match="Expected tf32 of RFMRegressor"):
+        RFMRegressor(tf32="yes").fit(X, y)
+
+
+def test_a_gpu_model_predicts_on_the_cpu_where_there_is_no_gpu(no_gpu):
+    X, y = small_task()
+    model = RFMRegressor(iters=1, random_state=0).fit(X, y)
+    expected = model.predict(X)
+    model.set_params(device="gpu")  # as loaded from a store written on a GPU machine
+    assert model._predict_device() == "cpu"
+    np.testing.assert_array_equal(model.predict(X), expected)
+
+
+def test_on_device_cpu_keeps_host_arrays():
+    X = np.ones((4, 2))
+    assert on_device(X, "cpu") is X
+    dX = da.ones((4, 2), chunks=2)
+    assert on_device(dX, "cpu") is dX
+
+
+def test_tf32_is_a_no_op_without_cupy(no_cupy):
+    assert backend.set_tf32(True) is None
+    with backend.tf32_matmul(True):
+        pass
+
+
+# --- dtype defaults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "expected"),
+    [
+        (None, "cpu", np.float64),
+        (None, "gpu", np.float32),
+        ("float64", "gpu", np.float64),
+        ("float32", "cpu", np.float32),
+    ],
+)
+def test_dtype_default_follows_the_device(dtype, device, expected):
+    config = RFMRegressor(dtype=dtype)._round_config(0, device)
+    assert config.dtype == expected and config.device == device
+    assert config.tol == (1e-4 if expected == np.float32 else 1e-7)
+
+
+def test_default_fit_stays_float64_on_the_cpu():
+    X, y = small_task()
+    model = RFMRegressor(iters=0, random_state=0).fit(X, y)
+    assert model.get_params()["dtype"] is None and model.get_params()["device"] == "cpu"
+    assert model.model_.dtype == np.float64
+
+
+# --- GPU workers and dask-cuda ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_gpu() -> ModuleType:
+    path = REPO / "cluster" / "local-gpu" / "run_local_gpu.py"
+    spec = importlib.util.spec_from_file_location("run_local_gpu_plumbing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_worker_per_visible_gpu(local_gpu, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0,GPU-aa11")
+    devices = local_gpu.devices_from_environment(device_count=lambda: 8)
+    assert devices == [2, 0, "GPU-aa11"]
+    kwargs = local_gpu.cluster_kwargs(devices)
+    assert kwargs["n_workers"] == 3 and kwargs["CUDA_VISIBLE_DEVICES"] == "2,0,GPU-aa11"
+    assert kwargs["rmm_managed_memory"] is False  # never CUDA managed memory
+
+
+def test_missing_dask_cuda_says_how_to_install_it(local_gpu, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)
+    with pytest.raises(local_gpu.DaskCudaMissingError, match="pip install 'rfmdist\\[gpu\\]'"):
+        local_gpu.require_dask_cuda()
+    args = argparse.Namespace(
+        scheduler=None,
+        scheduler_file=None,
+        connect_timeout=15.0,
+        workers=None,
+        threads_per_worker=1,
+        memory_limit="auto",
+        gpus=True,
+    )
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "dask_cuda" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ValueError, match="pip install 'rfmdist\\[gpu\\]'"):
+        cli_cluster.check_cluster_arguments(args)
+
+
+def test_cli_gpus_selects_the_gpu_device_and_its_dtype_default():
+    args = argparse.Namespace(
+        kernel="laplace",
+        bandwidth=10.0,
+        reg=1e-3,
+        iters=1,
+        diag=False,
+        agop_samples="20000",
+        centers="auto",
+        solver="auto",
+        dtype=None,
+        seed=0,
+        chunk_rows=None,
+        gpus=True,
+        tf32=True,
+    )
+    params = _estimator_params(args)
+    assert params["device"] == "gpu" and params["tf32"] is True and params["dtype"] is None
+    args.gpus = False
+    assert _estimator_params(args)["device"] == "cpu"
+
+
+# --- memory budgets ---------------------------------------------------------------------------------
+
+
+def test_cpu_budgets_are_unchanged(monkeypatch):
+    monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES", raising=False)
+    assert memory.block_bytes("cpu") == 32 * 2**20
+    assert memory.cache_bytes("cpu") == 2 * GiB
+    monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", "1e9")
+    assert memory.cache_bytes("cpu") == 10**9
+
+
+def test_gpu_budgets_follow_free_device_memory(monkeypatch):
+    monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES", raising=False)
+    monkeypatch.delenv("RFMDIST_GPU_MEMORY_FRACTION", raising=False)
+    monkeypatch.setattr(backend, "free_device_bytes", lambda: 8 * GiB)
+    assert memory.available_bytes("gpu") == 4 * GiB  # half of what is free
+    assert memory.block_bytes("gpu") == 4 * GiB // 16
+    assert memory.cache_bytes("gpu") == 4 * GiB - 8 * (4 * GiB // 16)
+    # The blocks and the cache together never exceed what was available.
+    assert memory.cache_bytes("gpu") + 8 * memory.block_bytes("gpu") <= 4 * GiB
+    monkeypatch.setattr(backend, "free_device_bytes", lambda: 140 * GiB)
+    assert memory.block_bytes("gpu") == memory.GPU_MAX_BLOCK_BYTES
+    monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", str(GiB))
+    assert memory.cache_bytes("gpu") == GiB
+    monkeypatch.setenv("RFMDIST_GPU_MEMORY_FRACTION", "0.25")
+    monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES")
+    assert memory.available_bytes("gpu") == 35 * GiB
+
+
+def test_bad_gpu_fraction_is_refused(monkeypatch):
+    monkeypatch.setenv("RFMDIST_GPU_MEMORY_FRACTION", "2")
+    with pytest.raises(ValueError, match=r"RFMDIST_GPU_MEMORY_FRACTION in \(0, 1\]"):
+        memory.gpu_fraction()
+
+
+def test_kernel_cache_decision_uses_the_gpu_budget(monkeypatch):
+    monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES", raising=False)
+    monkeypatch.setattr(backend, "free_device_bytes", lambda: 8 * GiB)
+    base = dict(
+        kernel="laplace",
+        bandwidth=10.0,
+        reg=1e-3,
+        iters=0,
+        diag=False,
+        agop_samples=None,
+        solver="pcg",
+        tol=1e-4,
+        max_iter=10,
+        preconditioner_rank=10,
+        cache_kernel="auto",
+        split_every=8,
+        dtype=np.dtype(np.float32),
+        seed=0,
+    )
+    gpu = RoundConfig(**base, device="gpu")
+    cpu = RoundConfig(**base)
+    n, m = 200_000, 2_000  # 1.6 GB of float32 kernel: fits the 2 GiB left on the GPU
+    assert use_cache(gpu, n, m) and use_cache(cpu, n, m)
+    monkeypatch.setattr(backend, "free_device_bytes", lambda: 2 * GiB)  # 0.5 GiB left
+    assert not use_cache(gpu, n, m)
+    assert use_cache(cpu, n, m)  # the host budget does not depend on the GPU
+
+
+def test_blocked_operator_sizes_blocks_from_free_gpu_memory(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3))
+    prepared = prepare_kernel(X[:10], np.eye(3))
+    cpu_rows = BlockedKernelOperator(X, prepared).block_rows
+    assert cpu_rows == rows_per_block(10, 8)  # the CPU default, as before
+    monkeypatch.setattr(memory, "device_of", lambda like: "gpu")
+    monkeypatch.setattr(backend, "free_device_bytes", lambda: 64 * 2**20)
+    gpu_rows = BlockedKernelOperator(X, prepared).block_rows
+    assert gpu_rows == rows_per_block(10, 8, 64 * 2**20 // 2 // 16)
+    assert BlockedKernelOperator(X, prepared, block_rows=7).block_rows == 7
