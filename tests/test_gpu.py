@@ -210,7 +210,7 @@ def test_predict_returns_the_input_array_type(cp):
     assert_close(on_gpu, host, np.float32)
     lazy = model.predict(da.from_array(X, chunks=(100, 4)))
     assert isinstance(lazy._meta, np.ndarray)
-    np.testing.assert_allclose(lazy.compute(), host, rtol=1e-5, atol=1e-6)
+    assert_close(lazy.compute(), host, np.float32)
     clf = RFMClassifier(iters=1, device="gpu", random_state=0).fit(X, y > 0)
     assert isinstance(clf.predict(X), np.ndarray) and clf.score(X, y > 0) > 0.6
 
