@@ -30,7 +30,7 @@ def problem():
 
 
 def assert_operator_matches_dense(op, problem, U_arg):
-    X, Z, M, prepared, K, V, U = problem
+    X, Z, M, _, K, V, U = problem
     np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
     np.testing.assert_allclose(op.rmatvec(U_arg), K.T @ U, rtol=1e-6)
     np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
@@ -39,8 +39,10 @@ def assert_operator_matches_dense(op, problem, U_arg):
     for diag_m in (False, True):
         Mx = np.diagonal(M).copy() if diag_m else M
         local = prepare_kernel(Z, Mx, kernel="laplace", bandwidth=3.0)
-        op_x = type(op)(op.X, local) if isinstance(op, BlockedKernelOperator) else DaskKernelOperator(
-            op.X, local, split_every=op.split_every
+        op_x = (
+            type(op)(op.X, local)
+            if isinstance(op, BlockedKernelOperator)
+            else DaskKernelOperator(op.X, local, split_every=op.split_every)
         )
         for diag in (False, True):
             want = agop_block_sum(X, Z, V, Mx, kernel="laplace", bandwidth=3.0, diag=diag)

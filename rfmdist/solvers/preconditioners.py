@@ -132,9 +132,7 @@ class CentersPreconditioner:
         eps = float(np.finfo(K_mm.dtype).eps) if resolution is None else resolution
         # T^T T = K_mm (T upper); a small relative jitter keeps duplicate centers factorable. The
         # preconditioner only steers CG: a jitter here changes its speed, never the solution.
-        lower_t, self.jitter_mm = cholesky_jittered(
-            K_mm, eps * m, what="K_mm", resolution=eps
-        )
+        lower_t, self.jitter_mm = cholesky_jittered(K_mm, eps * m, what="K_mm", resolution=eps)
         self._t_upper = lower_t.T
         inner = (n / m) * (self._t_upper @ self._t_upper.T)
         lower_r, self.jitter_inner = cholesky_jittered(inner, reg, what="(n/m) T T^T + reg I")
@@ -154,4 +152,3 @@ class CentersPreconditioner:
             "jitter_kmm": float(self.jitter_mm),
             "jitter_inner": float(self.jitter_inner),
         }
-
