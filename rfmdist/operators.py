@@ -354,7 +354,10 @@ def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
 def share_with_workers(obj: Any) -> Any:
     """Send ``obj`` to every worker once when a ``distributed`` client is active; else return it.
 
-    The result can be passed to ``map_blocks`` like the object itself.
+    The result can be passed to ``map_blocks`` like the object itself. Every worker holds a copy, so
+    losing workers later loses no data. If a worker dies while the copies are sent (the scatter fails),
+    the object travels inside each pass's graph instead: more traffic, but a lost copy is then
+    recreated from the graph like any other task.
     """
     try:
         from distributed import default_client
@@ -364,7 +367,13 @@ def share_with_workers(obj: Any) -> Any:
         client = default_client()
     except ValueError:
         return obj
-    return client.scatter(obj, broadcast=True, hash=False)
+    try:
+        return client.scatter(obj, broadcast=True, hash=False)
+    except (OSError, TimeoutError) as err:  # CommClosedError is an OSError
+        logger.warning(
+            "could not send the round's kernel to every worker (%s); sending it with each pass", err
+        )
+        return obj
 
 
 def chunk_rows_for(n_rows: int, n_centers: int, d: int, itemsize: int, n_workers: int = 1) -> int:
