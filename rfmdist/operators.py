@@ -54,6 +54,8 @@ def _block_rmatvec(K: Any, U: Any) -> Any:
 
 
 def _block_normal(K: Any, V: Any) -> Any:
+    if V is None:  # the Gram matrix K^T K itself
+        return K.T @ K
     return K.T @ (K @ V.astype(K.dtype, copy=False))
 
 
@@ -143,6 +145,14 @@ class BlockedKernelOperator:
             part = _block_normal(K, V)
             total = part if total is None else total + part
         return total.astype(V.dtype, copy=False)
+
+    def gram(self) -> Any:
+        """``K^T K``, shape (m, m), float64: for direct solves of small Nyström systems."""
+        total = None
+        for _, K in self._blocks():
+            part = _block_normal(K, None)
+            total = part if total is None else total + part
+        return total.astype(get_namespace(total).float64, copy=False)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
         """AGOP partial sum over (a subset of) the rows.
@@ -254,12 +264,21 @@ class DaskKernelOperator:
         )
         return out.compute().astype(V.dtype, copy=False)
 
+    def gram(self) -> Any:
+        """``K^T K``, shape (m, m), float64, tree-reduced: for direct solves of small Nyström systems."""
+        total = self.normal_matvec(None)
+        return total.astype(get_namespace(total).float64, copy=False)
+
     def normal_matvec(self, V: Any) -> Any:
-        """``K^T (K V)``, fused per chunk and tree-reduced; V shape (m, c), result (m, c)."""
+        """``K^T (K V)``, fused per chunk and tree-reduced; V shape (m, c), result (m, c).
+
+        ``V=None`` gives ``K^T K`` (see :meth:`gram`).
+        """
         import dask.array as da
 
         K = self._kernel_array()
-        m, width = self.prepared.n_centers, V.shape[1]
+        m = self.prepared.n_centers
+        width = m if V is None else V.shape[1]
         parts = da.map_blocks(
             _normal_task,
             K,
@@ -269,7 +288,8 @@ class DaskKernelOperator:
             dtype=K.dtype,
             meta=K._meta[None],
         )
-        return self._tree_sum(parts).astype(V.dtype, copy=False)
+        total = self._tree_sum(parts)
+        return total if V is None else total.astype(V.dtype, copy=False)
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""

@@ -250,8 +250,7 @@ def solve_round(
     K_mm64 = K_mm.astype(np.float64)
     if solver == "direct":
         start = time.perf_counter()
-        m = K_mm.shape[0]
-        A = op.normal_matvec(xp.eye(m, dtype=np.float64)) + reg * K_mm64
+        A = op.gram() + reg * K_mm64
         factor, jitter = cholesky_jittered(A, 0.0, what="K_nm^T K_nm + reg K_mm")
         from rfmdist.backend import solve_triangular
 

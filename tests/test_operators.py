@@ -34,6 +34,7 @@ def assert_operator_matches_dense(op, problem, U_arg):
     np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
     np.testing.assert_allclose(op.rmatvec(U_arg), K.T @ U, rtol=1e-6)
     np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
+    np.testing.assert_allclose(op.gram(), K.T @ K, rtol=1e-6)
     pred = op.predict(V)
     np.testing.assert_allclose(pred.compute() if hasattr(pred, "dask") else pred, K @ V, rtol=1e-6)
     for diag_m in (False, True):
