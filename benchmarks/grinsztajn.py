@@ -551,7 +551,7 @@ def merge_results(args: argparse.Namespace, argv_list: Sequence[str]) -> int:
             for r in runs
         ]
     ).set_index("run")
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "## Grinsztajn et al. (NeurIPS 2022) tabular benchmark",
         "",
@@ -600,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     command = shlex.join(["python", "benchmarks/grinsztajn.py", *argv_list])
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     start = time.perf_counter()
     meta: dict[str, Any] = {
         "runner": "grinsztajn",
@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     def progress_meta() -> None:
-        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         meta["stopped"] = (
             f"interrupted (the last progress record is {now}, "
             f"{len(rows) // len(METHODS)} sets done)"
@@ -648,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame["error"] = frame["error"].fillna("")
     frame.to_csv(out, index=False)
     logger.info("wrote %s (%d rows) in %.1f s", out, len(frame), elapsed)
-    finished = _dt.datetime.now(_dt.timezone.utc)
+    finished = _dt.datetime.now(_dt.UTC)
     meta.pop("stopped", None)
     meta["finished_utc"] = finished.strftime("%Y-%m-%d %H:%M:%S UTC")
     meta["elapsed_s"] = round(elapsed, 1)
