@@ -6,6 +6,7 @@ import os
 import platform
 import resource
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +47,31 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(path: str | None, section: str, title: str, command: str, body: str) -> None:
+    """Regenerate this benchmark's section of ``benchmarks/RESULTS.md`` (marker-delimited).
+
+    Uses the runner's own writer (``uci121.write_results_section``), so every section of the page is
+    produced the same way; does nothing when ``path`` is None.
+    """
+    if path is None:
+        return
+    import datetime as dt
+
+    from uci121 import machine_info, write_results_section
+
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join(
+        [
+            f"## {title}",
+            "",
+            f"Generated on {now} by `{command}`; do not edit by hand.",
+            "",
+            machine_info(),
+            f"- {machine_line()}",
+            "",
+            body,
+        ]
+    )
+    write_results_section(Path(path), section, text)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, product_task, table
+from common import machine_line, product_task, table, write_section
 
 from rfmdist import RFMRegressor
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--xrfm", default="plain", help="xRFM settings: plain, default.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Write all results as JSON here.")
+    parser.add_argument("--results-md", default=None, help="Update this RESULTS.md section.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     X, y = product_task(N_TRAIN, D, seed=args.seed)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs.split(","):
             results.append(run_rfmdist(name, data, args.seed))
             print({k: results[-1][k] for k in ("method", "seconds", "test_mse")}, flush=True)
-    print(f"\nSynthetic task n={N_TRAIN}, d={D}, y = x0*x1 + 0.1 noise; {machine_line()}\n")
+    header = f"Synthetic task n={N_TRAIN}, d={D}, y = x0*x1 + 0.1 noise; {machine_line()}"
     rows = [
         [
             r["method"],
@@ -109,8 +110,31 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in results
     ]
-    print(
-        table(["method", "fit s", "test MSE", "best round", "val MSE per round", "CG iters"], rows)
+    text = table(
+        ["method", "fit s", "test MSE", "best round", "val MSE per round", "CG iters"], rows
+    )
+    agop = [
+        [
+            r["method"],
+            " ".join(f"{a:.1f}" for a in r["agop_seconds"]),
+            " ".join(
+                f"{t - a:.1f}" for t, a in zip(r["round_seconds"], r["agop_seconds"], strict=True)
+            ),
+        ]
+        for r in results
+        if "agop_seconds" in r
+    ]
+    agop_text = table(["method", "AGOP s per round", "rest of the round s (solve, scores)"], agop)
+    print(f"\n{header}\n\n{text}\n\n{agop_text}")
+    command = "python benchmarks/synthetic_20k.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    write_section(
+        args.results_md,
+        "synthetic20k",
+        "Planted task, n = 20,000, d = 50 (RFM issues)",
+        command,
+        f"{header}\n\n{text}\n\n{agop_text}\n",
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

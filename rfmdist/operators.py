@@ -72,6 +72,8 @@ class BlockedKernelOperator:
     block_rows : int, optional
         Rows per block; by default about ``BLOCK_BYTES`` of kernel per block on the CPU, and on a GPU
         what its free memory allows (:func:`rfmdist.memory.block_bytes`).
+    kernel : array, shape (n, m), optional
+        The kernel already computed (a cached Dask chunk); ``X`` may then be None.
     """
 
     def __init__(
@@ -81,20 +83,21 @@ class BlockedKernelOperator:
         *,
         cache: bool = False,
         block_rows: int | None = None,
+        kernel: Any = None,
     ) -> None:
         self.X = X
         self.prepared = prepared
-        self.cache = cache
+        self.cache = cache or kernel is not None
         itemsize = np.dtype(prepared.centers_t.dtype).itemsize
         self.block_rows = block_rows or rows_per_block(
             prepared.n_centers, itemsize, memory.block_bytes(memory.device_of(prepared.centers_t))
         )
-        self._cached: Any = None
+        self._cached: Any = kernel
 
     @property
     def n_rows(self) -> int:
         """Number of data rows ``n``."""
-        return int(self.X.shape[0])
+        return int((self.X if self._cached is None else self._cached).shape[0])
 
     def _slices(self) -> list[slice]:
         return [
@@ -249,70 +252,84 @@ class DaskKernelOperator:
         """Add per-chunk partial results (stacked on axis 0) by a tree reduction; compute."""
         return parts.sum(axis=0, split_every=self.split_every).compute()
 
+    def _source(self) -> tuple[Any, bool]:
+        """The array each pass maps over: the persisted kernel when cached, else the rows of X."""
+        if self.cache:
+            return self._kernel_array(), True
+        return self.X, False
+
     def matvec(self, V: Any) -> Any:
         """``K(X, Z) V``; V shape (m, c), result (n, c) computed on the client in V's dtype."""
         import dask.array as da
 
-        K = self._kernel_array()
+        source, cached = self._source()
         out = da.map_blocks(
-            _block_matvec,
-            K,
+            _matvec_task,
+            source,
+            self._shared,
             V,
-            chunks=(K.chunks[0], (V.shape[1],)),
-            dtype=K.dtype,
-            meta=K._meta,
+            cached=cached,
+            chunks=(source.chunks[0], (V.shape[1],)),
+            dtype=V.dtype,
+            meta=source._meta.astype(V.dtype),
         )
-        return out.compute().astype(V.dtype, copy=False)
+        return out.compute()
 
     def gram(self) -> Any:
         """``K^T K``, shape (m, m), float64, tree-reduced: for direct solves of small Nyström systems."""
-        total = self.normal_matvec(None)
-        return total.astype(get_namespace(total).float64, copy=False)
+        return self.normal_matvec(None)
 
     def normal_matvec(self, V: Any) -> Any:
         """``K^T (K V)``, fused per chunk and tree-reduced; V shape (m, c), result (m, c).
 
-        ``V=None`` gives ``K^T K`` (see :meth:`gram`).
+        Each chunk is processed in row blocks, so a task holds one block of its kernel at a time
+        (unless the kernel is cached). ``V=None`` gives ``K^T K`` in float64 (see :meth:`gram`).
         """
         import dask.array as da
 
-        K = self._kernel_array()
+        source, cached = self._source()
         m = self.prepared.n_centers
         width = m if V is None else V.shape[1]
+        dtype = np.float64 if V is None else V.dtype
         parts = da.map_blocks(
             _normal_task,
-            K,
+            source,
+            self._shared,
             V,
+            cached=cached,
             new_axis=[2],
-            chunks=((1,) * len(K.chunks[0]), (m,), (width,)),
-            dtype=K.dtype,
-            meta=K._meta[None],
+            chunks=((1,) * len(source.chunks[0]), (m,), (width,)),
+            dtype=dtype,
+            meta=source._meta.astype(dtype)[None],
         )
-        total = self._tree_sum(parts)
-        return total if V is None else total.astype(V.dtype, copy=False)
+        return self._tree_sum(parts)
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
         import dask.array as da
 
-        K = self._kernel_array()
-        U = U.rechunk((K.chunks[0], (U.shape[1],)))
+        source, cached = self._source()
+        U = U.rechunk((source.chunks[0], (U.shape[1],)))
         m, width = self.prepared.n_centers, U.shape[1]
-        # K (rows x m) and U (rows x c) share only their row chunks: contract their own columns.
+        # The rows (or kernel) and U share only their row chunks: contract their own columns.
         parts = da.blockwise(
             _rmatvec_task,
             "imc",
-            K,
+            source,
             "ij",
             U,
             "ik",
+            self._shared,
+            None,
+            cached,
+            None,
             new_axes={"m": m, "c": width},
             adjust_chunks={"i": 1},
             concatenate=True,
-            dtype=K.dtype,
-            meta=K._meta[None],
+            dtype=U.dtype,
+            meta=source._meta.astype(U.dtype)[None],
         )
-        return self._tree_sum(parts).astype(U.dtype, copy=False)
+        return self._tree_sum(parts)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)."""
@@ -355,20 +372,32 @@ def _kernel_task(x_block: Any, prepared: PreparedKernel) -> Any:
     return prepared.block(x_block)
 
 
-def _normal_task(K: Any, V: Any) -> Any:
-    return _block_normal(K, V)[None]
+def _chunk_operator(chunk: Any, prepared: PreparedKernel, cached: bool) -> BlockedKernelOperator:
+    """The blocked loop over one Dask chunk: rows of X, or (cached) its rows of the kernel."""
+    if cached:
+        return BlockedKernelOperator(None, prepared, kernel=chunk)
+    return BlockedKernelOperator(chunk, prepared)
 
 
-def _rmatvec_task(K: Any, U: Any) -> Any:
-    return _block_rmatvec(K, U)[None]
+def _matvec_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) -> Any:
+    return _chunk_operator(chunk, prepared, cached).matvec(V)
+
+
+def _normal_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) -> Any:
+    op = _chunk_operator(chunk, prepared, cached)
+    return (op.gram() if V is None else op.normal_matvec(V))[None]
+
+
+def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) -> Any:
+    return _chunk_operator(chunk, prepared, cached).rmatvec(U)[None]
 
 
 def _agop_task(x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool) -> Any:
-    return kernel_agop_sum(prepared, x_block, coef, diag=diag)[None]
+    return BlockedKernelOperator(x_block, prepared).agop_sum(coef, diag=diag)[None]
 
 
 def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
-    return _block_matvec(prepared.block(x_block), coef).astype(coef.dtype, copy=False)
+    return BlockedKernelOperator(x_block, prepared).matvec(coef)
 
 
 def share_with_workers(obj: Any) -> Any:
