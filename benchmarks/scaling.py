@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, peak_rss_mib, table
+from common import machine_line, peak_rss_mib, table, write_section
 
 AGOP_SAMPLES = 20_000
 
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=50_000)
     parser.add_argument("--overhead-rows", type=int, default=200_000)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--results-md", default=None, help="Update this RESULTS.md section.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -186,37 +187,43 @@ def main(argv: list[str] | None = None) -> int:
                 flops / r["pass_seconds"] / rate32,
             ]
         )
-    print(f"\n{machine_line()}; centers m = {args.centers}, d = {args.d}, dtype {args.dtype}")
-    print(f"NumPy GEMM rate: float32 {rate32 / 1e9:.1f} GFLOP/s, float64 {rate64 / 1e9:.1f}\n")
-    print(
-        table(
-            [
-                "n",
-                "chunks",
-                "pass s",
-                "us per row",
-                "AGOP s (20k rows)",
-                "peak RSS MiB",
-                "GFLOP/s",
-                "fraction of f32 GEMM",
-            ],
-            rows,
-        )
+    header = (
+        f"centers m = {args.centers}, d = {args.d}, dtype {args.dtype}; NumPy GEMM rate: float32 "
+        f"{rate32 / 1e9:.1f} GFLOP/s, float64 {rate64 / 1e9:.1f} GFLOP/s"
+    )
+    scaling_text = table(
+        [
+            "n",
+            "chunks",
+            "pass s",
+            "us per row",
+            "AGOP s (20k rows)",
+            "peak RSS MiB",
+            "GFLOP/s",
+            "fraction of f32 GEMM",
+        ],
+        rows,
     )
     overhead = distribution_overhead(args.overhead_rows, args.centers, args.d, args.dtype)
-    print()
-    print(
-        table(
-            ["n", "blocked loop s", "2-process cluster s", "ratio"],
+    overhead_text = table(
+        ["n", "blocked loop s", "2-process cluster s", "ratio"],
+        [
             [
-                [
-                    overhead["n"],
-                    overhead["blocked_seconds"],
-                    overhead["cluster_seconds"],
-                    overhead["cluster_seconds"] / overhead["blocked_seconds"],
-                ]
-            ],
-        )
+                overhead["n"],
+                overhead["blocked_seconds"],
+                overhead["cluster_seconds"],
+                overhead["cluster_seconds"] / overhead["blocked_seconds"],
+            ]
+        ],
+    )
+    print(f"\n{machine_line()}\n{header}\n\n{scaling_text}\n\n{overhead_text}")
+    command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_section(
+        args.results_md,
+        "scaling",
+        "Out-of-core passes: scaling in n, efficiency, distribution overhead",
+        command,
+        f"{header}\n\n{scaling_text}\n\n{overhead_text}\n",
     )
     return 0
 
