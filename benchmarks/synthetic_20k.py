@@ -79,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Write all results as JSON here.")
     parser.add_argument("--results-md", default=None, help="Update this RESULTS.md section.")
+    parser.add_argument(
+        "--from-json", default=None, help="Regenerate the tables from a --json file of a past run."
+    )
+    parser.add_argument("--note", default="", help="A note printed under the tables.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        return report(results, args, argv)
     X, y = product_task(N_TRAIN, D, seed=args.seed)
     X_val, y_val = product_task(N_VAL, D, seed=args.seed + 1)
     X_test, y_test = product_task(N_TEST, D, seed=args.seed + 2)
@@ -98,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs.split(","):
             results.append(run_rfmdist(name, data, args.seed))
             print({k: results[-1][k] for k in ("method", "seconds", "test_mse")}, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return report(results, args, argv)
+
+
+def report(results: list[dict], args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Print the tables and, with ``--results-md``, regenerate the RESULTS.md section."""
     header = f"Synthetic task n={N_TRAIN}, d={D}, y = x0*x1 + 0.1 noise; {machine_line()}"
     rows = [
         [
@@ -134,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic20k",
         "Planted task, n = 20,000, d = 50 (RFM issues)",
         command,
-        f"{header}\n\n{text}\n\n{agop_text}\n",
+        f"{header}\n\n{text}\n\n{agop_text}\n\n{args.note}\n",
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 
