@@ -333,7 +333,7 @@ class _RFMBase(BaseEstimator):
         self, Xp: Any, n: int, seed: int, preprocessing: Standardizer, dtype: np.dtype
     ) -> tuple[np.ndarray | None, Any]:
         spec = self.centers
-        if spec == "auto" if isinstance(spec, str) else False:
+        if isinstance(spec, str) and spec == "auto":
             spec = None if n <= AUTO_CENTERS else AUTO_CENTERS
         if spec is None or (isinstance(spec, numbers.Integral) and spec >= n):
             centers = Xp.compute() if is_dask_array(Xp) else Xp
@@ -463,7 +463,7 @@ class _RFMBase(BaseEstimator):
         if eval_set is None:
             return None, {"eval_set": None}
         X_val, y_val = eval_set
-        X_val = self._check_eval_features(X_val)
+        X_val = self._check_features_like_fit(X_val)
         truth = self._validation_truth(y_val, int(X_val.shape[0]))
         stamp = data_fingerprint(X_val, truth.reshape(len(truth), -1))
         validation = (X_val, lambda pred: self._score_predictions(pred, truth))
@@ -637,10 +637,6 @@ class _RFMBase(BaseEstimator):
         self.history_ = stored.history
         self.M_history_ = list(stored.M_history)
         self._set_fitted(_stored_best(stored))
-
-    def _check_eval_features(self, X_val: Any) -> Any:
-        X_val = self._check_features_like_fit(X_val)
-        return X_val
 
     def _check_features_like_fit(self, X: Any) -> Any:
         """Validate features against the fitted feature count (also during fit)."""
