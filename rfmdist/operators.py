@@ -42,6 +42,9 @@ def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES
     return max(64, block_bytes // max(1, n_centers * itemsize))
 
 
+# A broadcast to a worker that just died can wait forever; past this the kernel travels in the graph.
+SCATTER_TIMEOUT_S = 10.0
+
 # --- block functions shared by the in-memory loop and the Dask tasks -------------------------------
 
 
@@ -406,7 +409,8 @@ def share_with_workers(obj: Any) -> Any:
     The result can be passed to ``map_blocks`` like the object itself. Every worker holds a copy, so
     losing workers later loses no data. If a worker dies while the copies are sent (the scatter fails),
     the object travels inside each pass's graph instead: more traffic, but a lost copy is then
-    recreated from the graph like any other task.
+    recreated from the graph like any other task. A broadcast that does not finish within
+    ``SCATTER_TIMEOUT_S`` (a worker killed mid-broadcast can make it wait forever) falls back the same way.
     """
     try:
         from distributed import default_client
@@ -417,12 +421,16 @@ def share_with_workers(obj: Any) -> Any:
     except ValueError:
         return obj
     try:
-        return client.scatter(obj, broadcast=True, hash=False)
+        return client.scatter(obj, broadcast=True, hash=False, timeout=SCATTER_TIMEOUT_S)
     except (OSError, TimeoutError) as err:  # CommClosedError is an OSError
         logger.warning(
-            "could not send the round's kernel to every worker (%s); sending it with each pass", err
+            "could not send the round's kernel to every worker (%s: %s); sending it with each pass",
+            type(err).__name__,
+            err,
         )
-        return obj
+        import dask
+
+        return dask.delayed(obj, pure=True)
 
 
 def chunk_rows_for(n_rows: int, n_centers: int, d: int, itemsize: int, n_workers: int = 1) -> int:

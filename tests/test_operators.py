@@ -100,3 +100,19 @@ def test_dask_operator_distributed(problem, cluster_client, chunks):
     for cache in (False, True):
         op = DaskKernelOperator(Xd, prepared, cache=cache, split_every=2)
         assert_operator_matches_dense(op, problem, Ud)
+
+
+def test_dask_operator_when_the_scatter_fails(problem, cluster_client, monkeypatch):
+    """A worker dying during the round's broadcast makes scatter fail or hang (then time out): the
+    kernel then travels inside each pass's graph and every product is still right."""
+    X, _, _, prepared, *_, U = problem
+
+    def broken_scatter(*args, **kwargs):
+        raise TimeoutError("simulated: a worker died during the broadcast")
+
+    monkeypatch.setattr(cluster_client, "scatter", broken_scatter)
+    Xd = da.from_array(X, chunks=(128, D))
+    Ud = da.from_array(U, chunks=(128, 3))
+    op = DaskKernelOperator(Xd, prepared, split_every=2)
+    assert type(op._shared).__module__.startswith("dask.delayed")  # the graph carries it
+    assert_operator_matches_dense(op, problem, Ud)
