@@ -51,7 +51,7 @@ from rfmdist.data import (
 from rfmdist.exceptions import NotFittedError, StoreError
 from rfmdist.kernels import KERNELS
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import chunk_rows_for
+from rfmdist.operators import active_client, chunk_rows_for
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
 from rfmdist.store import (
     RunHeader,
@@ -302,7 +302,7 @@ class _RFMBase(BaseEstimator):
 
         dtype = config.dtype
         n = int(X.shape[0])
-        if not is_dask_array(X) and _active_client() is not None:
+        if not is_dask_array(X) and active_client() is not None:
             rows = chunk_rows_for(n, min(n, AUTO_CENTERS), X.shape[1], dtype.itemsize, 2)
             X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
             Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
@@ -682,7 +682,7 @@ class _RFMBase(BaseEstimator):
         if device != "gpu":
             yield
             return
-        client = _active_client()
+        client = active_client()
         previous = {} if client is None else client.run(set_tf32, bool(self.tf32))
         try:
             with tf32_matmul(bool(self.tf32)):
@@ -753,18 +753,6 @@ def load(path: str | os.PathLike[str]) -> _RFMBase:
             f"{name!r}; load it with the class that wrote it."
         )
     return classes[name].load(path)
-
-
-def _active_client() -> Any:
-    """The active ``distributed`` client, or None."""
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):

@@ -403,6 +403,18 @@ def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
     return BlockedKernelOperator(x_block, prepared).matvec(coef)
 
 
+def active_client() -> Any:
+    """The active ``distributed`` client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
 def share_with_workers(obj: Any) -> Any:
     """Send ``obj`` to every worker once when a ``distributed`` client is active; else return it.
 
@@ -412,13 +424,8 @@ def share_with_workers(obj: Any) -> Any:
     recreated from the graph like any other task. A broadcast that does not finish within
     ``SCATTER_TIMEOUT_S`` (a worker killed mid-broadcast can make it wait forever) falls back the same way.
     """
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a core dependency
-        return obj
-    try:
-        client = default_client()
-    except ValueError:
+    client = active_client()
+    if client is None:
         return obj
     try:
         return client.scatter(obj, broadcast=True, hash=False, timeout=SCATTER_TIMEOUT_S)
