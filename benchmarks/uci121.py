@@ -542,11 +542,15 @@ def configure_logging(level: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _make_rfm(seed: int) -> Callable[..., Any]:
+def _make_rfm(seed: int, max_centers: int | None = None) -> Callable[..., Any]:
+    """Factory of the RFM classifiers; ``max_centers`` caps the Nyström centers (None: 'auto')."""
     import rfmdist
+
+    centers: Any = "auto" if max_centers is None else max_centers
 
     def make(*, reg: float, diag: bool, iters: int) -> Any:
         return rfmdist.RFMClassifier(
+            centers=centers,
             kernel="laplace",
             bandwidth=BANDWIDTH,
             reg=reg,
@@ -614,7 +618,12 @@ def _row(
 
 
 def evaluate_uci_set(
-    name: str, *, root: str, seed: int = 0, rf_trees: int = RF_N_ESTIMATORS
+    name: str,
+    *,
+    root: str,
+    seed: int = 0,
+    rf_trees: int = RF_N_ESTIMATORS,
+    max_centers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every method on one UCI set; never raises (a failure becomes the row's ``error``).
 
@@ -645,7 +654,7 @@ def evaluate_uci_set(
     X_va, y_va = ds.X[ds.val_idx], ds.y[ds.val_idx]
     rows: list[dict[str, Any]] = []
 
-    make_rfm = _make_rfm(seed)
+    make_rfm = _make_rfm(seed, max_centers)
     try:
         sel = select_rfm(make_rfm, X_tr, y_tr, X_va, y_va, higher_is_better=True)
     except Exception as err:
@@ -732,6 +741,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random_state of every method")
     parser.add_argument(
         "--rf-trees", type=int, default=RF_N_ESTIMATORS, help="trees of the random forest"
+    )
+    parser.add_argument(
+        "--max-centers",
+        type=int,
+        default=None,
+        help="cap RFM's Nystrom centers at this many rows (default: the estimator's 'auto')",
     )
     add_threads_option(parser)
     parser.add_argument(
@@ -1066,6 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_n": args.max_n,
         "seed": args.seed,
         "rf_trees": args.rf_trees,
+        "max_centers": args.max_centers,
         "jobs": args.jobs,
         "threads": args.threads,
         "sets_run": to_run,
@@ -1097,6 +1113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root=str(root),
         seed=args.seed,
         rf_trees=args.rf_trees,
+        max_centers=args.max_centers,
     )
     elapsed = time.perf_counter() - start
     frame = _order(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), names, METHODS)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from rfmdist.threads import single_threaded_blas
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,14 +91,6 @@ def gpu_available() -> bool:
     return True
 
 
-def single_threaded_blas() -> Any:
-    """Context limiting BLAS to one thread: OpenBLAS's threaded Cholesky and triangular solves were
-    measured up to 20x slower than single-threaded ones on 2-vCPU machines (DESIGN.md section 2)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def cholesky_lower(a: Any) -> Any:
     """Lower Cholesky factor ``L`` with ``L L^T = a`` (a new array; ``a`` is left intact).
 
@@ -120,6 +114,31 @@ def cholesky_lower(a: Any) -> Any:
     if not bool(xp.isfinite(low).all()):
         raise np.linalg.LinAlgError("Cholesky factorisation failed: matrix not positive definite")
     return low
+
+
+def lower_gram(lower: Any) -> Any:
+    """``L^T L`` (symmetric, full) of a lower-triangular ``L``, NumPy or CuPy.
+
+    On NumPy, LAPACK's ``lauum``: m^3 / 3 flops against 2 m^3 for a general product (at m = 4,000 on
+    2 cores: 0.48 s against 1.04 s for ``L.T @ L``).
+
+    Parameters
+    ----------
+    lower : array, shape (m, m)
+        Lower triangular (the strict upper triangle is ignored on NumPy and must be zero on CuPy).
+    """
+    xp = get_namespace(lower)
+    if xp is not np:
+        return lower.T @ lower
+    import scipy.linalg
+
+    (lauum,) = scipy.linalg.get_lapack_funcs(("lauum",), (lower,))
+    product, info = lauum(lower, lower=1)
+    if info != 0:  # pragma: no cover - lauum only fails on invalid arguments
+        raise np.linalg.LinAlgError(f"LAPACK lauum failed with info={info}")
+    product = np.tril(product)
+    product += np.tril(product, -1).T
+    return product
 
 
 def solve_triangular(a: Any, b: Any, *, lower: bool, trans: bool = False) -> Any:

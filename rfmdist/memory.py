@@ -1,8 +1,9 @@
 """Memory budgets of the kernel passes: bytes per kernel block and for a cached ``n x m`` kernel.
 
-On the CPU the budgets are fixed (and configurable): 32 MiB kernel blocks, which stay near the caches,
-and ``RFMDIST_KERNEL_CACHE_BYTES`` (2 GiB by default) for a cached kernel. On a GPU they follow the
-device's free memory, so that a fit never asks for more device memory than there is:
+On the CPU the budgets are fixed (and configurable): 8 MiB kernel blocks per thread of a pass, which
+stay near the caches, and ``RFMDIST_KERNEL_CACHE_BYTES`` (2 GiB by default) for a cached kernel. On a
+GPU they follow the device's free memory, so that a fit never asks for more device memory than there
+is:
 
 - available = (free device memory + CuPy's unused pool) x ``RFMDIST_GPU_MEMORY_FRACTION`` (0.5);
 - a kernel block gets at most 1/16 of that (and at most 1 GiB): the gradient of a block holds up to
@@ -20,7 +21,7 @@ from typing import Any
 
 from rfmdist import backend
 
-CPU_BLOCK_BYTES = 32 * 2**20
+CPU_BLOCK_BYTES = 8 * 2**20
 GPU_MAX_BLOCK_BYTES = 2**30
 # Block-sized arrays alive at once in the worst pass (the Laplace gradient of a block).
 BLOCK_TEMPORARIES = 8

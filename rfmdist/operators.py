@@ -29,11 +29,12 @@ from rfmdist import memory
 from rfmdist.agop import kernel_agop_sum
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel
+from rfmdist.threads import block_workers, map_blocks, ordered_sum
 
 logger = logging.getLogger(__name__)
 
-# Target bytes of one (b x m) kernel block in the blocked loop: large enough for GEMM efficiency,
-# small enough to stay near the caches and keep peak memory low.
+# Target bytes of one (b x m) kernel block in the blocked loop (per thread on the CPU): large enough
+# for GEMM efficiency, small enough to stay near the caches and keep peak memory low.
 BLOCK_BYTES = memory.CPU_BLOCK_BYTES
 
 
@@ -77,6 +78,9 @@ class BlockedKernelOperator:
         what its free memory allows (:func:`rfmdist.memory.block_bytes`).
     kernel : array, shape (n, m), optional
         The kernel already computed (a cached Dask chunk); ``X`` may then be None.
+    workers : int, optional
+        Threads running the blocks of a pass (CPU only). By default the BLAS thread budget in force,
+        capped by the cores (:func:`rfmdist.threads.block_workers`); the Dask tasks pass 1.
     """
 
     def __init__(
@@ -87,13 +91,18 @@ class BlockedKernelOperator:
         cache: bool = False,
         block_rows: int | None = None,
         kernel: Any = None,
+        workers: int | None = None,
     ) -> None:
         self.X = X
         self.prepared = prepared
         self.cache = cache or kernel is not None
+        device = memory.device_of(prepared.centers_t)
+        if device == "gpu":
+            workers = 1
+        self.workers = block_workers() if workers is None else max(1, int(workers))
         itemsize = np.dtype(prepared.centers_t.dtype).itemsize
         self.block_rows = block_rows or rows_per_block(
-            prepared.n_centers, itemsize, memory.block_bytes(memory.device_of(prepared.centers_t))
+            prepared.n_centers, itemsize, memory.block_bytes(device)
         )
         self._cached: Any = kernel
 
@@ -108,15 +117,19 @@ class BlockedKernelOperator:
             for start in range(0, self.n_rows, self.block_rows)
         ]
 
-    def _blocks(self):
-        """Yield ``(slice, kernel block)`` over the rows."""
+    def _kernel_rows(self, rows: slice) -> Any:
+        """The kernel block of ``rows`` (from the cache once it is filled)."""
+        if self._cached is not None:
+            return self._cached[rows]
+        return self.prepared.block(self.X[rows])
+
+    def _map(self, func: Any) -> list[Any]:
+        """``func(rows, kernel block)`` for every row block, on :attr:`workers` threads, in order."""
         if self.cache and self._cached is None:
             self._cached = self.dense()
-        for rows in self._slices():
-            if self._cached is not None:
-                yield rows, self._cached[rows]
-            else:
-                yield rows, self.prepared.block(self.X[rows])
+        return map_blocks(
+            lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
+        )
 
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
@@ -124,40 +137,37 @@ class BlockedKernelOperator:
             return self._cached
         xp = get_namespace(self.X)
         out = xp.empty((self.n_rows, self.prepared.n_centers), dtype=self.prepared.centers_t.dtype)
-        for rows in self._slices():
+
+        def fill(rows: slice) -> None:
             out[rows] = self.prepared.block(self.X[rows])
+
+        map_blocks(fill, self._slices(), self.workers)
         return out
 
     def matvec(self, V: Any) -> Any:
         """``K(X, Z) V``; V shape (m, c), result (n, c) in V's dtype."""
         xp = get_namespace(V)
         out = xp.empty((self.n_rows, V.shape[1]), dtype=V.dtype)
-        for rows, K in self._blocks():
+
+        def product(rows: slice, K: Any) -> None:
             out[rows] = _block_matvec(K, V)
+
+        self._map(product)
         return out
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U shape (n, c), result (m, c) in U's dtype."""
-        total = None
-        for rows, K in self._blocks():
-            part = _block_rmatvec(K, U[rows])
-            total = part if total is None else total + part
-        return total.astype(U.dtype, copy=False)
+        parts = self._map(lambda rows, K: _block_rmatvec(K, U[rows]))
+        return ordered_sum(parts).astype(U.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
         """``K^T (K V)``; V shape (m, c), result (m, c) in V's dtype."""
-        total = None
-        for _, K in self._blocks():
-            part = _block_normal(K, V)
-            total = part if total is None else total + part
-        return total.astype(V.dtype, copy=False)
+        parts = self._map(lambda rows, K: _block_normal(K, V))
+        return ordered_sum(parts).astype(V.dtype, copy=False)
 
     def gram(self) -> Any:
         """``K^T K``, shape (m, m), float64: for direct solves of small Nyström systems."""
-        total = None
-        for _, K in self._blocks():
-            part = _block_normal(K, None)
-            total = part if total is None else total + part
+        total = ordered_sum(self._map(lambda rows, K: _block_normal(K, None)))
         return total.astype(get_namespace(total).float64, copy=False)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
@@ -177,11 +187,13 @@ class BlockedKernelOperator:
         X = self.X if rows is None else self.X[rows]
         # The gradient holds a few (b x m) temporaries and a (b x c x d) tensor: smaller blocks.
         step = max(16, self.block_rows // 4)
-        total = None
-        for start in range(0, X.shape[0], step):
-            part = kernel_agop_sum(self.prepared, X[start : start + step], coef, diag=diag)
-            total = part if total is None else total + part
-        return total
+        starts = range(0, X.shape[0], step)
+        parts = map_blocks(
+            lambda start: kernel_agop_sum(self.prepared, X[start : start + step], coef, diag=diag),
+            starts,
+            self.workers,
+        )
+        return ordered_sum(parts)
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
@@ -378,8 +390,8 @@ def _kernel_task(x_block: Any, prepared: PreparedKernel) -> Any:
 def _chunk_operator(chunk: Any, prepared: PreparedKernel, cached: bool) -> BlockedKernelOperator:
     """The blocked loop over one Dask chunk: rows of X, or (cached) its rows of the kernel."""
     if cached:
-        return BlockedKernelOperator(None, prepared, kernel=chunk)
-    return BlockedKernelOperator(chunk, prepared)
+        return BlockedKernelOperator(None, prepared, kernel=chunk, workers=1)
+    return BlockedKernelOperator(chunk, prepared, workers=1)
 
 
 def _matvec_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) -> Any:
@@ -396,11 +408,11 @@ def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) ->
 
 
 def _agop_task(x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool) -> Any:
-    return BlockedKernelOperator(x_block, prepared).agop_sum(coef, diag=diag)[None]
+    return BlockedKernelOperator(x_block, prepared, workers=1).agop_sum(coef, diag=diag)[None]
 
 
 def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
-    return BlockedKernelOperator(x_block, prepared).matvec(coef)
+    return BlockedKernelOperator(x_block, prepared, workers=1).matvec(coef)
 
 
 def active_client() -> Any:

@@ -444,6 +444,16 @@ class RunHeader:
     classes: np.ndarray | None
 
 
+def _write_attributes(group: Any, values: dict[str, Any]) -> None:
+    """Merge ``values`` into the group's attributes with ONE write of its ``zarr.json``.
+
+    ``group.attrs.update(values)`` would not do: Zarr's attribute mapping writes the whole metadata
+    document once per key, so a process killed between two of those writes left a commit half done
+    (``completed_rounds`` advanced, ``history`` not), and the run could not be resumed.
+    """
+    group.update_attributes(values)
+
+
 def _write_array(group: Any, name: str, data: np.ndarray, chunks: Any = None) -> Any:
     data = np.asarray(data)
     if data.dtype.kind in "OUS":
@@ -497,7 +507,8 @@ class RunWriter:
             _write_array(group, "classes", header.classes)
         M0 = np.asarray(M0, dtype=np.float64)
         _write_array(group, "history/M", M0[None], chunks=_history_chunks(M0))
-        group.attrs.update(
+        _write_attributes(
+            group,
             {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -511,7 +522,7 @@ class RunWriter:
                 "completed_rounds": 0,
                 "best_iter": None,
                 "history": [],
-            }
+            },
         )
         return cls(group, location)
 
@@ -558,8 +569,9 @@ class RunWriter:
             history_M = self.group["history/M"]
             history_M.resize((t + 2, *history_M.shape[1:]))
             history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
-        self.group.attrs.update(
-            {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)}
+        _write_attributes(
+            self.group,
+            {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)},
         )
 
     def finish(self) -> None:
@@ -570,7 +582,7 @@ class RunWriter:
         history_M.resize((rounds, *history_M.shape[1:]))
         _write_array(self.group, "M", history_M[best])
         _write_array(self.group, "coef", self.group["checkpoint/coef"][best])
-        attrs.update({"status": "complete"})
+        _write_attributes(self.group, {"status": "complete"})
         del self.group["checkpoint"]
 
 
@@ -601,13 +613,14 @@ def save_model(
     group["history/M"][...] = np.asarray(M_history, dtype=np.float64)
     _write_array(group, "M", M_history[best_iter])
     _write_array(group, "coef", np.asarray(coef, dtype=np.float64))
-    group.attrs.update(
+    _write_attributes(
+        group,
         {
             "completed_rounds": len(history),
             "best_iter": int(best_iter),
             "history": json_safe(history),
             "status": "complete",
-        }
+        },
     )
 
 

@@ -200,7 +200,7 @@ def test_cli_gpus_selects_the_gpu_device_and_its_dtype_default():
 
 def test_cpu_budgets_are_unchanged(monkeypatch):
     monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES", raising=False)
-    assert memory.block_bytes("cpu") == 32 * 2**20
+    assert memory.block_bytes("cpu") == 8 * 2**20
     assert memory.cache_bytes("cpu") == 2 * GiB
     monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", "1e9")
     assert memory.cache_bytes("cpu") == 10**9
@@ -269,3 +269,20 @@ def test_blocked_operator_sizes_blocks_from_free_gpu_memory(monkeypatch):
     gpu_rows = BlockedKernelOperator(X, prepared).block_rows
     assert gpu_rows == rows_per_block(10, 8, 64 * 2**20 // 2 // 16)
     assert BlockedKernelOperator(X, prepared, block_rows=7).block_rows == 7
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lower_gram_matches_product(dtype):
+    """LAPACK lauum's L^T L equals the dense product, both triangles."""
+    from rfmdist.backend import lower_gram
+
+    gen = np.random.default_rng(3)
+    L = np.tril(gen.normal(size=(37, 37))).astype(dtype)
+    got = lower_gram(L)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(
+        got,
+        L.T.astype(np.float64) @ L,
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+        atol=1e-5 if dtype == np.float32 else 1e-12,
+    )

@@ -55,10 +55,35 @@ def assert_operator_matches_dense(op, problem, U_arg):
 
 @pytest.mark.parametrize("block_rows", [1, 64, 100, N, 10 * N])
 @pytest.mark.parametrize("cache", [False, True])
-def test_blocked_operator(problem, block_rows, cache):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_blocked_operator(problem, block_rows, cache, workers):
     X, _, _, prepared, *_, U = problem
-    op = BlockedKernelOperator(X, prepared, cache=cache, block_rows=block_rows)
+    op = BlockedKernelOperator(X, prepared, cache=cache, block_rows=block_rows, workers=workers)
+    assert op.workers == workers
     assert_operator_matches_dense(op, problem, U)
+
+
+def test_blocked_operator_threads_reproducible(problem):
+    """Blocks on several threads give the same sums on every run, close to one thread's."""
+    X, _, _, prepared, _, V, _ = problem
+    threaded = BlockedKernelOperator(X, prepared, block_rows=50, workers=3)
+    first = threaded.normal_matvec(V)
+    for _ in range(3):
+        np.testing.assert_array_equal(threaded.normal_matvec(V), first)
+    single = BlockedKernelOperator(X, prepared, block_rows=50, workers=1).normal_matvec(V)
+    np.testing.assert_allclose(first, single, rtol=1e-12)
+
+
+def test_blocked_operator_workers_follow_blas_budget(problem):
+    """The default pool is the BLAS thread budget: ``threadpool_limits(1)`` makes passes sequential."""
+    from threadpoolctl import threadpool_limits
+
+    from rfmdist.threads import available_cores
+
+    X, _, _, prepared, *_ = problem
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert BlockedKernelOperator(X, prepared).workers == 1
+    assert 1 <= BlockedKernelOperator(X, prepared).workers <= available_cores()
 
 
 # Chunkings: even, ragged last chunk, a single chunk, one-row chunks at the end.

@@ -256,3 +256,28 @@ def test_refuses_a_foreign_zarr_group(tmp_path):
         with pytest.raises(StoreError, match="Expected an rfmdist store"):
             RFMRegressor(**SMALL).fit(X, y, store=path, overwrite=overwrite)
     assert _tree_digest(path) == before
+
+
+def test_every_written_metadata_state_is_consistent(tmp_path, monkeypatch):
+    """Each write of the store's root ``zarr.json`` during a fit is a whole commit: a process killed
+    after any of them leaves attributes that agree (rounds, best round, history) and can resume."""
+    original_set = zarr.storage.LocalStore.set
+    states: list[dict] = []
+
+    async def observing_set(self, key, value, *args, **kwargs):
+        await original_set(self, key, value, *args, **kwargs)
+        if key == "zarr.json":
+            states.append(json.loads(value.to_bytes()).get("attributes", {}))
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", observing_set)
+    X, y = product_task(300, 4, seed=5)
+    RFMRegressor(iters=2, random_state=0).fit(X, y, store=tmp_path / "model.zarr")
+    run_states = [a for a in states if a]
+    assert len(run_states) >= 4  # created, three rounds committed, completed
+    for attrs in run_states:
+        assert set(REQUIRED_ATTRS) <= set(attrs), sorted(attrs)
+        rounds, best = attrs["completed_rounds"], attrs["best_iter"]
+        assert len(attrs["history"]) == rounds, attrs
+        assert (best is None) if rounds == 0 else (0 <= best < rounds), attrs
+    assert [a["completed_rounds"] for a in run_states][-1] == 3
+    assert run_states[-1]["status"] == "complete"

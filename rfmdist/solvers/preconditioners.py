@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from rfmdist.backend import get_namespace, single_threaded_blas, solve_triangular
+from rfmdist.backend import get_namespace, lower_gram, solve_triangular
 from rfmdist.solvers.direct import cholesky_jittered
+from rfmdist.threads import single_threaded_blas
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class CentersPreconditioner:
         # preconditioner only steers CG: a jitter here changes its speed, never the solution.
         lower_t, self.jitter_mm = cholesky_jittered(K_mm, eps * m, what="K_mm", resolution=eps)
         self._t_upper = lower_t.T
-        inner = (n / m) * (self._t_upper @ self._t_upper.T)
+        inner = lower_gram(lower_t)  # T T^T
+        inner *= n / m
         lower_r, self.jitter_inner = cholesky_jittered(inner, reg, what="(n/m) T T^T + reg I")
         self._r_upper = lower_r.T
 

@@ -1,0 +1,84 @@
+"""CPU threads of the kernel passes: the BLAS thread budget and a thread pool over row blocks.
+
+NumPy's elementwise functions (the ``exp`` and ``sqrt`` of a kernel block) run on one thread, and
+they dominate a pass at small ``d`` (float64 ``exp`` alone costs about 10 ns per entry on the
+development machine, the distance GEMM about 4). The blocked loop therefore runs its blocks on a
+pool of threads (NumPy and BLAS release the GIL) with BLAS limited to one thread each, so that
+every core works on the whole pass, not only on the GEMMs.
+
+The pool's size is the BLAS thread budget in force (``threadpoolctl.threadpool_limits(1)`` around
+a fit makes its passes sequential), capped by the cores this process may use.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+
+@functools.cache
+def _controller() -> Any:
+    """One threadpoolctl controller for the process (building one scans the loaded libraries)."""
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, so that the controller sees it)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def single_threaded_blas() -> Any:
+    """Context limiting BLAS to one thread: OpenBLAS's threaded Cholesky and triangular solves were
+    measured up to 20x slower than single-threaded ones on 2-vCPU machines (DESIGN.md section 2)."""
+    return _controller().limit(limits=1, user_api="blas")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        return os.cpu_count() or 1
+
+
+def blas_threads() -> int:
+    """The BLAS thread budget in force now (the largest over the loaded BLAS libraries; 1 if none)."""
+    counts = [
+        int(lib.num_threads)
+        for lib in _controller().lib_controllers
+        if lib.user_api == "blas" and lib.num_threads
+    ]
+    return max(counts, default=1)
+
+
+def block_workers() -> int:
+    """Threads for the row blocks of one CPU pass: the BLAS budget, capped by the cores."""
+    return max(1, min(blas_threads(), available_cores()))
+
+
+def map_blocks(func: Callable[[Item], T], items: Sequence[Item], workers: int) -> list[T]:
+    """``[func(item) for item in items]``, on ``workers`` threads with single-threaded BLAS.
+
+    The results keep the order of ``items``, so sums over them are reproducible.
+
+    Examples
+    --------
+    >>> map_blocks(lambda x: x * x, [1, 2, 3], workers=2)
+    [1, 4, 9]
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(func, items))
+
+
+def ordered_sum(parts: Sequence[Any]) -> Any:
+    """Sum of ``parts`` from first to last (a fixed order, whatever thread computed each part)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
