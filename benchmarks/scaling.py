@@ -99,7 +99,8 @@ def child(path: str, m: int, dtype: str) -> dict:
 
 
 def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
-    """One fused pass: 2-process LocalCluster vs the blocked loop in this process."""
+    """One fused pass: 2-process LocalCluster vs the blocked loop in this process, the loop run
+    both on one thread and on its default pool of threads (:mod:`rfmdist.threads`)."""
     import dask.array as da
     from distributed import Client, LocalCluster
 
@@ -110,11 +111,13 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
     X = gen.normal(size=(n, d)).astype(dtype)
     prepared = prepare_kernel(X[:m].copy(), np.eye(d, dtype=dtype), bandwidth=10.0)
     V = gen.normal(size=(m, 1))
-    blocked = BlockedKernelOperator(X, prepared)
-    blocked.normal_matvec(V)
-    start = time.perf_counter()
-    blocked.normal_matvec(V)
-    local = time.perf_counter() - start
+    local = {}
+    for name, workers in (("one_thread", 1), ("pool", None)):
+        blocked = BlockedKernelOperator(X, prepared, workers=workers)
+        blocked.normal_matvec(V)
+        start = time.perf_counter()
+        blocked.normal_matvec(V)
+        local[name] = (time.perf_counter() - start, blocked.workers)
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
@@ -129,7 +132,13 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
             start = time.perf_counter()
             op.normal_matvec(V)
             times.append(time.perf_counter() - start)
-    return {"n": n, "blocked_seconds": local, "cluster_seconds": min(times)}
+    return {
+        "n": n,
+        "blocked_seconds": local["one_thread"][0],
+        "pool_seconds": local["pool"][0],
+        "pool_threads": local["pool"][1],
+        "cluster_seconds": min(times),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,14 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     overhead = distribution_overhead(args.overhead_rows, args.centers, args.d, args.dtype)
     overhead_text = table(
-        ["n", "blocked loop s", "2-process cluster s", "ratio"],
+        ["n", "2-process cluster s", "blocked loop", "its s", "cluster / loop"],
         [
             [
                 overhead["n"],
-                overhead["blocked_seconds"],
                 overhead["cluster_seconds"],
-                overhead["cluster_seconds"] / overhead["blocked_seconds"],
+                label,
+                seconds,
+                overhead["cluster_seconds"] / seconds,
             ]
+            for label, seconds in (
+                ("one thread", overhead["blocked_seconds"]),
+                (f"pool of {overhead['pool_threads']} threads", overhead["pool_seconds"]),
+            )
         ],
     )
     print(f"\n{machine_line()}\n{header}\n\n{scaling_text}\n\n{overhead_text}")
