@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,10 @@ def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES
 
 # A broadcast to a worker that just died can wait forever; past this the kernel travels in the graph.
 SCATTER_TIMEOUT_S = 10.0
+# A pass whose graph refers to data the cluster lost with a worker (the broadcast kernel, when the
+# worker holding its only copy died mid-broadcast) is cancelled by the scheduler; it is rebuilt with
+# the kernel shared again, at most this many times.
+LOST_DATA_RETRIES = 2
 
 # --- block functions shared by the in-memory loop and the Dask tasks -------------------------------
 
@@ -205,7 +210,8 @@ class DaskKernelOperator:
 
     The prepared kernel is sent to the workers once (scattered when a ``distributed`` client is
     active) and reused by every pass of the round; the pass's small operand (``V``) is part of that
-    pass's graph once.
+    pass's graph once. A pass that the scheduler cancels because data it refers to was lost with a
+    worker is rebuilt with the kernel sent again (see :meth:`_compute`).
 
     Parameters
     ----------
@@ -261,11 +267,38 @@ class DaskKernelOperator:
 
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)`` gathered on the client, shape (n, m) (for direct solves)."""
-        return self._kernel_array().compute()
+        return self._compute(self._kernel_array)
 
-    def _tree_sum(self, parts: Any) -> Any:
-        """Add per-chunk partial results (stacked on axis 0) by a tree reduction; compute."""
-        return parts.sum(axis=0, split_every=self.split_every).compute()
+    def _compute(self, build: Callable[[], Any]) -> Any:
+        """Compute the collection that ``build()`` makes from the current shared kernel.
+
+        If the scheduler cancels it because a key it depends on was lost (the only copies of the
+        broadcast kernel were on workers that died), the kernel is sent again, the cached kernel
+        (whose recipe referred to the lost copy) dropped, and the pass rebuilt and recomputed, at
+        most :data:`LOST_DATA_RETRIES` times.
+        """
+        from concurrent.futures import CancelledError
+
+        for attempt in range(LOST_DATA_RETRIES + 1):
+            try:
+                return build().compute()
+            except CancelledError as err:  # distributed's FutureCancelledError
+                if attempt == LOST_DATA_RETRIES or active_client() is None:
+                    raise
+                logger.warning(
+                    "a kernel pass was cancelled (%s: %s); sending the round's kernel to the "
+                    "workers again and recomputing the pass",
+                    type(err).__name__,
+                    err,
+                )
+                self._shared = share_with_workers(self.prepared)
+                self._cached = None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tree_sum(self, build_parts: Callable[[], Any]) -> Any:
+        """Add the per-chunk partial results (stacked on axis 0) that ``build_parts()`` makes, by a
+        tree reduction; compute."""
+        return self._compute(lambda: build_parts().sum(axis=0, split_every=self.split_every))
 
     def _source(self) -> tuple[Any, bool]:
         """The array each pass maps over: the persisted kernel when cached, else the rows of X."""
@@ -277,18 +310,20 @@ class DaskKernelOperator:
         """``K(X, Z) V``; V shape (m, c), result (n, c) computed on the client in V's dtype."""
         import dask.array as da
 
-        source, cached = self._source()
-        out = da.map_blocks(
-            _matvec_task,
-            source,
-            self._shared,
-            V,
-            cached=cached,
-            chunks=(source.chunks[0], (V.shape[1],)),
-            dtype=V.dtype,
-            meta=source._meta.astype(V.dtype),
-        )
-        return out.compute()
+        def build() -> Any:
+            source, cached = self._source()
+            return da.map_blocks(
+                _matvec_task,
+                source,
+                self._shared,
+                V,
+                cached=cached,
+                chunks=(source.chunks[0], (V.shape[1],)),
+                dtype=V.dtype,
+                meta=source._meta.astype(V.dtype),
+            )
+
+        return self._compute(build)
 
     def gram(self) -> Any:
         """``K^T K``, shape (m, m), float64, tree-reduced: for direct solves of small Nyström systems."""
@@ -302,49 +337,55 @@ class DaskKernelOperator:
         """
         import dask.array as da
 
-        source, cached = self._source()
         m = self.prepared.n_centers
         width = m if V is None else V.shape[1]
         dtype = np.float64 if V is None else V.dtype
-        parts = da.map_blocks(
-            _normal_task,
-            source,
-            self._shared,
-            V,
-            cached=cached,
-            new_axis=[2],
-            chunks=((1,) * len(source.chunks[0]), (m,), (width,)),
-            dtype=dtype,
-            meta=source._meta.astype(dtype)[None],
-        )
-        return self._tree_sum(parts)
+
+        def build() -> Any:
+            source, cached = self._source()
+            return da.map_blocks(
+                _normal_task,
+                source,
+                self._shared,
+                V,
+                cached=cached,
+                new_axis=[2],
+                chunks=((1,) * len(source.chunks[0]), (m,), (width,)),
+                dtype=dtype,
+                meta=source._meta.astype(dtype)[None],
+            )
+
+        return self._tree_sum(build)
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
         import dask.array as da
 
-        source, cached = self._source()
-        U = U.rechunk((source.chunks[0], (U.shape[1],)))
         m, width = self.prepared.n_centers, U.shape[1]
-        # The rows (or kernel) and U share only their row chunks: contract their own columns.
-        parts = da.blockwise(
-            _rmatvec_task,
-            "imc",
-            source,
-            "ij",
-            U,
-            "ik",
-            self._shared,
-            None,
-            cached,
-            None,
-            new_axes={"m": m, "c": width},
-            adjust_chunks={"i": 1},
-            concatenate=True,
-            dtype=U.dtype,
-            meta=source._meta.astype(U.dtype)[None],
-        )
-        return self._tree_sum(parts)
+
+        def build() -> Any:
+            source, cached = self._source()
+            rows = U.rechunk((source.chunks[0], (width,)))
+            # The rows (or kernel) and U share only their row chunks: contract their own columns.
+            return da.blockwise(
+                _rmatvec_task,
+                "imc",
+                source,
+                "ij",
+                rows,
+                "ik",
+                self._shared,
+                None,
+                cached,
+                None,
+                new_axes={"m": m, "c": width},
+                adjust_chunks={"i": 1},
+                concatenate=True,
+                dtype=U.dtype,
+                meta=source._meta.astype(U.dtype)[None],
+            )
+
+        return self._tree_sum(build)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)."""
@@ -355,31 +396,34 @@ class DaskKernelOperator:
         d = X.shape[1]
         n_chunks = len(X.chunks[0])
         shape = (d,) if diag else (d, d)
-        parts = da.map_blocks(
-            _agop_task,
-            X,
-            self._shared,
-            coef,
-            diag=diag,
-            new_axis=[2] if not diag else [],
-            chunks=((1,) * n_chunks, *((s,) for s in shape)),
-            dtype=np.float64,
-            meta=X._meta.astype(np.float64)[None] if not diag else X._meta.astype(np.float64),
+        return self._tree_sum(
+            lambda: da.map_blocks(
+                _agop_task,
+                X,
+                self._shared,
+                coef,
+                diag=diag,
+                new_axis=[2] if not diag else [],
+                chunks=((1,) * n_chunks, *((s,) for s in shape)),
+                dtype=np.float64,
+                meta=X._meta.astype(np.float64)[None] if not diag else X._meta.astype(np.float64),
+            )
         )
-        return self._tree_sum(parts)
 
     def predict(self, coef: Any) -> Any:
-        """Lazy predictions ``K(X, Z) coef``: a Dask array (n, c) with the row chunks of X."""
+        """Predictions ``K(X, Z) coef`` of the rows, shape (n, c), computed on the client."""
         import dask.array as da
 
-        return da.map_blocks(
-            _predict_task,
-            self.X,
-            self._shared,
-            coef,
-            chunks=(self.X.chunks[0], (coef.shape[1],)),
-            dtype=coef.dtype,
-            meta=self.X._meta.astype(coef.dtype),
+        return self._compute(
+            lambda: da.map_blocks(
+                _predict_task,
+                self.X,
+                self._shared,
+                coef,
+                chunks=(self.X.chunks[0], (coef.shape[1],)),
+                dtype=coef.dtype,
+                meta=self.X._meta.astype(coef.dtype),
+            )
         )
 
 

@@ -313,8 +313,6 @@ def iterate_rounds(
         cache = use_cache(config, data.n_rows, m) if solver == "pcg" else False
         op = data.operator(prepared, cache=cache, split_every=config.split_every)
         coef, train_pred, solve_record = solve_round(op, data, prepared, config, solver, t)
-        if is_dask_array(train_pred):
-            train_pred = train_pred.compute()
         machine = KernelMachine(
             centers=to_numpy(data.centers),
             coef=to_numpy(coef).astype(np.float64),

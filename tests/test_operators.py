@@ -141,3 +141,24 @@ def test_dask_operator_when_the_scatter_fails(problem, cluster_client, monkeypat
     op = DaskKernelOperator(Xd, prepared, split_every=2)
     assert type(op._shared).__module__.startswith("dask.delayed")  # the graph carries it
     assert_operator_matches_dense(op, problem, Ud)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_dask_operator_recovers_when_the_broadcast_kernel_is_lost(
+    problem, cluster_client, cache, caplog
+):
+    """When the cluster loses every copy of the round's broadcast kernel (its holders died), the
+    scheduler cancels the next pass for lost dependencies; the pass is rebuilt with the kernel
+    sent again and gives the right products (the e2e kill-a-worker test hit this race)."""
+    X, _, _, prepared, K, V, _ = problem
+    Xd = da.from_array(X, chunks=(128, D))
+    op = DaskKernelOperator(Xd, prepared, cache=cache, split_every=2)
+    np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
+    lost = op._shared
+    cluster_client.cancel(lost, force=True)  # the scheduler forgets the data, as after the deaths
+    with caplog.at_level("WARNING", logger="rfmdist.operators"):
+        np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
+        np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
+        np.testing.assert_allclose(op.predict(V), K @ V, rtol=1e-6)
+    assert op._shared is not lost
+    assert "sending the round's kernel to the workers again" in caplog.text
