@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -478,13 +479,17 @@ def share_with_workers(obj: Any) -> Any:
     losing workers later loses no data. If a worker dies while the copies are sent (the scatter fails),
     the object travels inside each pass's graph instead: more traffic, but a lost copy is then
     recreated from the graph like any other task. A broadcast that does not finish within
-    ``SCATTER_TIMEOUT_S`` (a worker killed mid-broadcast can make it wait forever) falls back the same way.
+    ``SCATTER_TIMEOUT_S`` falls back the same way: a worker killed mid-broadcast can make it wait
+    forever, and ``client.scatter``'s own ``timeout`` only bounds the wait for workers to appear, so
+    the broadcast runs on a helper thread whose result is awaited for that long.
     """
     client = active_client()
     if client is None:
         return obj
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfmdist-scatter")
     try:
-        return client.scatter(obj, broadcast=True, hash=False, timeout=SCATTER_TIMEOUT_S)
+        sent = pool.submit(client.scatter, obj, broadcast=True, hash=False)
+        return sent.result(timeout=SCATTER_TIMEOUT_S)
     except (OSError, TimeoutError) as err:  # CommClosedError is an OSError
         logger.warning(
             "could not send the round's kernel to every worker (%s: %s); sending it with each pass",
@@ -494,6 +499,8 @@ def share_with_workers(obj: Any) -> Any:
         import dask
 
         return dask.delayed(obj, pure=True)
+    finally:
+        pool.shutdown(wait=False)  # a broadcast still hanging is left to finish or fail alone
 
 
 def chunk_rows_for(n_rows: int, n_centers: int, d: int, itemsize: int, n_workers: int = 1) -> int:

@@ -162,3 +162,31 @@ def test_dask_operator_recovers_when_the_broadcast_kernel_is_lost(
         np.testing.assert_allclose(op.predict(V), K @ V, rtol=1e-6)
     assert op._shared is not lost
     assert "sending the round's kernel to the workers again" in caplog.text
+
+
+def test_dask_operator_when_the_broadcast_hangs(problem, cluster_client, monkeypatch):
+    """A broadcast that never returns (a worker killed mid-replication) is abandoned after
+    SCATTER_TIMEOUT_S: the kernel travels in the graph and the products are right."""
+    import threading
+    import time
+
+    from rfmdist import operators
+
+    X, _, _, prepared, *_, U = problem
+    release = threading.Event()
+
+    def hanging_scatter(*args, **kwargs):
+        release.wait(60)
+        raise OSError("simulated: the broadcast never finished")
+
+    monkeypatch.setattr(cluster_client, "scatter", hanging_scatter)
+    monkeypatch.setattr(operators, "SCATTER_TIMEOUT_S", 0.5)
+    Xd = da.from_array(X, chunks=(128, D))
+    Ud = da.from_array(U, chunks=(128, 3))
+    start = time.perf_counter()
+    op = DaskKernelOperator(Xd, prepared, split_every=2)
+    waited = time.perf_counter() - start
+    release.set()
+    assert waited < 10, waited
+    assert type(op._shared).__module__.startswith("dask.delayed")
+    assert_operator_matches_dense(op, problem, Ud)
