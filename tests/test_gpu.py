@@ -126,9 +126,9 @@ def test_operators_match_numpy(cp, dtype):
         assert_close(op.rmatvec(cupy_chunks(U, 128, cp)), expected["rmatvec"], dtype)
         assert_close(op.normal_matvec(cp.asarray(V)), expected["normal"], dtype)
         assert_close(op.agop_sum(cp.asarray(coef), diag=False, rows=rows), expected["agop"], dtype)
-        predicted = op.predict(cp.asarray(coef))
-        assert backend.is_cupy_array(predicted._meta)
-        assert_close(predicted.compute(), reference.predict(coef), dtype)
+        predicted = op.predict(cp.asarray(coef))  # computed: a CuPy array on the client
+        assert backend.is_cupy_array(predicted)
+        assert_close(predicted, reference.predict(coef), dtype)
 
 
 # --- solvers ---------------------------------------------------------------------------------------
