@@ -9,7 +9,11 @@ diagonal ``(d,)``) and bandwidth ``L``::
 Distances are computed by GEMM in the transformed space ``x' = x S`` with ``S = M^{1/2}`` (``S = sqrt(M)``
 elementwise for a diagonal ``M``), where ``||x - z||_M = ||x' - z'||``. Distances below the floating-point
 resolution of the GEMM identity ``|x'|^2 + |z'|^2 - 2 x'.z'`` are set to exactly zero, so a point's kernel
-value against itself is exactly 1 in float32 as in float64.
+value against itself is exactly 1 in float32 as in float64. Pairs closer than the square root of that
+resolution are recomputed from their differences: the identity's absolute error (a few eps |x'|^2)
+becomes a large relative error for near-coincident points, which the Laplace kernel's square root
+turned into entry errors of order sqrt(eps) and numerically indefinite kernels (eigenvalues down to
+-2e-6 in float64 for clusters of near-duplicate rows).
 
 Every function takes NumPy or CuPy arrays and returns arrays of the same namespace.
 """
@@ -92,7 +96,14 @@ def squared_distances(
     rows_aug[:, -2] = scale
     rows_aug[:, -1] = (x_sq - resolution * (x_sq + z_max)) * scale
     dist = rows_aug @ centers_aug.T
-    return xp.maximum(dist, 0, out=dist)
+    xp.maximum(dist, 0, out=dist)
+    # Near pairs: the GEMM's absolute error is large relative to their distance; recompute them.
+    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
+    rows, cols = xp.nonzero(dist < limit[:, None])
+    if rows.shape[0]:
+        diff = Xt[rows] - Zt[cols]
+        dist[rows, cols] = scale * (diff * diff).sum(axis=1)
+    return dist
 
 
 def augment_centers(Zt: Any, z_sq: Any) -> Any:

@@ -40,7 +40,12 @@ class DirectResult:
 
 
 def cholesky_jittered(
-    A: Any, shift: float, *, what: str = "K + reg*I", resolution: float | None = None
+    A: Any,
+    shift: float,
+    *,
+    what: str = "K + reg*I",
+    resolution: float | None = None,
+    warn: bool = True,
 ) -> tuple[Any, float]:
     """Lower Cholesky factor of ``A + (shift + jitter) I`` with the smallest jitter that works.
 
@@ -59,6 +64,9 @@ def cholesky_jittered(
     resolution : float, optional
         Relative accuracy of ``A``'s entries (default: the epsilon of its dtype). A float32 kernel
         cast to float64 for the factorisation is only float32-accurate: pass float32's epsilon.
+    warn : bool, default True
+        Warn when a jitter was needed. Preconditioners pass False: their jitter changes how fast CG
+        converges, never the solution.
 
     Returns
     -------
@@ -84,7 +92,9 @@ def cholesky_jittered(
             logger.debug("Cholesky of %s failed with jitter %.3g (try %d)", what, jitter, attempt)
             jitter = base * 10.0**attempt
             continue
-        if jitter:
+        if jitter and not warn:
+            logger.debug("%s factored with an extra diagonal jitter of %.3g", what, jitter)
+        elif jitter:
             warnings.warn(
                 f"{what} was not numerically positive definite in {A.dtype}; factored it with an "
                 f"extra diagonal jitter of {jitter:.3g}. Use dtype='float64' or a larger reg to "

@@ -131,13 +131,21 @@ class CentersPreconditioner:
     def __init__(self, K_mm: Any, n: int, reg: float, *, resolution: float | None = None) -> None:
         m = K_mm.shape[0]
         eps = float(np.finfo(K_mm.dtype).eps) if resolution is None else resolution
-        # T^T T = K_mm (T upper); a small relative jitter keeps duplicate centers factorable. The
-        # preconditioner only steers CG: a jitter here changes its speed, never the solution.
-        lower_t, self.jitter_mm = cholesky_jittered(K_mm, eps * m, what="K_mm", resolution=eps)
+        # T^T T = K_mm (T upper). Near-coincident centers make K_mm numerically indefinite by far
+        # more than eps: their distances come from the GEMM identity |x|^2 + |z|^2 - 2 x.z with an
+        # absolute error of a few eps |x|^2, and the Laplace kernel's square root turns that into
+        # entry errors of order sqrt(eps) (measured: eigenvalues down to -2e-6 in float64 for
+        # clusters of near-duplicates). The jitter may therefore grow from sqrt(eps) levels; it only
+        # steers CG (its speed, never the solution), so it is not warned about.
+        lower_t, self.jitter_mm = cholesky_jittered(
+            K_mm, eps * m, what="K_mm", resolution=float(np.sqrt(eps)), warn=False
+        )
         self._t_upper = lower_t.T
         inner = lower_gram(lower_t)  # T T^T
         inner *= n / m
-        lower_r, self.jitter_inner = cholesky_jittered(inner, reg, what="(n/m) T T^T + reg I")
+        lower_r, self.jitter_inner = cholesky_jittered(
+            inner, reg, what="(n/m) T T^T + reg I", warn=False
+        )
         self._r_upper = lower_r.T
 
     def __call__(self, R: Any) -> Any:
