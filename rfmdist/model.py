@@ -119,7 +119,7 @@ class KernelMachine:
                 else self.coef
             )
             prepared = self.prepared(None if isinstance(meta_like, np.ndarray) else meta_like)
-            raw = DaskKernelOperator(Xp, prepared).predict(coef)
+            raw = DaskKernelOperator(Xp, prepared).lazy_predict(coef)
         else:
             xp = get_namespace(X)
             raw = BlockedKernelOperator(Xp, self.prepared(Xp)).predict(xp.asarray(self.coef))

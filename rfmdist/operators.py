@@ -413,18 +413,21 @@ class DaskKernelOperator:
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c), computed on the client."""
+        return self._compute(lambda: self.lazy_predict(coef))
+
+    def lazy_predict(self, coef: Any) -> Any:
+        """Lazy predictions ``K(X, Z) coef``: a Dask array (n, c) with the row chunks of X (the
+        caller computes it, so a lost kernel copy is not recovered as in :meth:`_compute`)."""
         import dask.array as da
 
-        return self._compute(
-            lambda: da.map_blocks(
-                _predict_task,
-                self.X,
-                self._shared,
-                coef,
-                chunks=(self.X.chunks[0], (coef.shape[1],)),
-                dtype=coef.dtype,
-                meta=self.X._meta.astype(coef.dtype),
-            )
+        return da.map_blocks(
+            _predict_task,
+            self.X,
+            self._shared,
+            coef,
+            chunks=(self.X.chunks[0], (coef.shape[1],)),
+            dtype=coef.dtype,
+            meta=self.X._meta.astype(coef.dtype),
         )
 
 
