@@ -98,9 +98,14 @@ def squared_distances(
     dist = rows_aug @ centers_aug.T
     xp.maximum(dist, 0, out=dist)
     # Near pairs: the GEMM's absolute error is large relative to their distance; recompute them.
+    # A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
     limit = scale * xp.sqrt(resolution * (x_sq + z_max))
-    rows, cols = xp.nonzero(dist < limit[:, None])
-    if rows.shape[0]:
+    if not dist.size:
+        return dist
+    near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
+    if near_rows.shape[0]:
+        hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
+        rows = near_rows[hits]
         diff = Xt[rows] - Zt[cols]
         dist[rows, cols] = scale * (diff * diff).sum(axis=1)
     return dist
