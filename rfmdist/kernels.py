@@ -99,9 +99,9 @@ def squared_distances(
     xp.maximum(dist, 0, out=dist)
     # Near pairs: the GEMM's absolute error is large relative to their distance; recompute them.
     # A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
-    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
     if not dist.size:
         return dist
+    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
     near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
     if near_rows.shape[0]:
         hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
