@@ -149,7 +149,9 @@ def _mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(diff**2))
 
 
-def _makers(classification: bool, seed: int, rf_trees: int) -> dict[str, Callable[..., Any]]:
+def _makers(
+    classification: bool, seed: int, rf_trees: int, max_centers: int | None = None
+) -> dict[str, Callable[..., Any]]:
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
         HistGradientBoostingRegressor,
@@ -165,6 +167,7 @@ def _makers(classification: bool, seed: int, rf_trees: int) -> dict[str, Callabl
 
     def rfm(*, reg: float, diag: bool, iters: int) -> Any:
         return rfm_cls(
+            centers=common.rfm_centers(max_centers),
             kernel="laplace",
             bandwidth=common.BANDWIDTH,
             reg=reg,
@@ -191,6 +194,7 @@ def evaluate_grinsztajn_set(
     seed: int = 0,
     max_train: int = MAX_TRAIN,
     rf_trees: int = common.RF_N_ESTIMATORS,
+    max_centers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every method on one set; never raises (a failure becomes the row's ``error``).
 
@@ -206,6 +210,8 @@ def evaluate_grinsztajn_set(
         Cap on the training rows.
     rf_trees : int, default 300
         Trees of the random forest.
+    max_centers : int, optional
+        Cap on RFM's Nyström centers (None: the estimator's 'auto').
 
     Returns
     -------
@@ -237,7 +243,7 @@ def evaluate_grinsztajn_set(
     }
     X_tr, y_tr, X_va, y_va = X[train], y[train], X[val], y[val]
     X_te, y_te = X[test], y[test]
-    makers = _makers(classification, seed, rf_trees)
+    makers = _makers(classification, seed, rf_trees, max_centers)
     rows: list[dict[str, Any]] = []
 
     def row(
@@ -364,6 +370,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rf-trees", type=int, default=common.RF_N_ESTIMATORS, help="trees of the random forest"
     )
+    common.add_max_centers_option(parser)
     common.add_threads_option(parser)
     parser.add_argument(
         "--merge",
@@ -444,6 +451,7 @@ def build_section(
         return "/".join(str(v) for v in found) if found else str(default)
 
     caps = [int(r["max_train"]) for r in runs if r.get("max_train")] or [MAX_TRAIN]
+    centers = values("max_centers", "auto (exact up to 20,000 rows)")
     n_train = frame.groupby("dataset")["n_train"].first()
     capped = int((n_train >= min(caps)).sum()) if len(n_train) else 0
     machines = list(dict.fromkeys(r["machine"] for r in runs if r.get("machine")))
@@ -462,7 +470,7 @@ def build_section(
         "validation (accuracy, or MSE for regression); test accuracy (classification) or R² "
         "(regression). RFM: Laplace kernel, "
         f"L = {common.BANDWIDTH:g}, reg in {list(common.REGS)}, diag in {{False, True}}, "
-        f"rounds 0..{common.MAX_ROUNDS}; laplace = RFM round 0; random_forest: "
+        f"rounds 0..{common.MAX_ROUNDS}, centers {centers}; laplace = RFM round 0; random_forest: "
         f"{values('rf_trees', common.RF_N_ESTIMATORS)} trees, max_features in "
         "{sqrt, 0.5, 1.0}; hist_gb: learning_rate in {0.03, 0.1, 0.3} x max_leaf_nodes in "
         "{15, 63}.",
@@ -611,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_train": args.max_train,
         "seed": args.seed,
         "rf_trees": args.rf_trees,
+        "max_centers": args.max_centers,
         "jobs": args.jobs,
         "threads": args.threads,
         "sets_run": to_run,
@@ -642,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         max_train=args.max_train,
         rf_trees=args.rf_trees,
+        max_centers=args.max_centers,
     )
     elapsed = time.perf_counter() - start
     frame = _order(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), names)

@@ -395,6 +395,21 @@ def run_sets(
             on_result(future.result())
 
 
+def add_max_centers_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-centers`` (RFM's Nyström centers, default: the estimator's 'auto')."""
+    parser.add_argument(
+        "--max-centers",
+        type=int,
+        default=None,
+        help="cap RFM's Nystrom centers at this many rows (default: the estimator's 'auto')",
+    )
+
+
+def rfm_centers(max_centers: int | None) -> Any:
+    """RFM's ``centers`` for a ``--max-centers`` value (None: 'auto')."""
+    return "auto" if max_centers is None else max_centers
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads`` (BLAS / OpenMP threads per process, default 1, 0 = library default)."""
     parser.add_argument(
@@ -546,7 +561,7 @@ def _make_rfm(seed: int, max_centers: int | None = None) -> Callable[..., Any]:
     """Factory of the RFM classifiers; ``max_centers`` caps the Nyström centers (None: 'auto')."""
     import rfmdist
 
-    centers: Any = "auto" if max_centers is None else max_centers
+    centers = rfm_centers(max_centers)
 
     def make(*, reg: float, diag: bool, iters: int) -> Any:
         return rfmdist.RFMClassifier(
@@ -742,12 +757,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rf-trees", type=int, default=RF_N_ESTIMATORS, help="trees of the random forest"
     )
-    parser.add_argument(
-        "--max-centers",
-        type=int,
-        default=None,
-        help="cap RFM's Nystrom centers at this many rows (default: the estimator's 'auto')",
-    )
+    add_max_centers_option(parser)
     add_threads_option(parser)
     parser.add_argument(
         "--merge",
