@@ -10,8 +10,9 @@ One command prints three tables::
    ``agop_samples = 20,000`` rows: seconds and the peak RSS of a fresh process per size.
 2. Efficiency: achieved FLOP/s of a pass (``2 n m d`` GEMM flops plus ``4 n m c`` for the two
    products) as a fraction of NumPy's float32 GEMM rate measured in the same run.
-3. Distribution overhead: the same pass on a 2-process LocalCluster (2 workers x 1 thread) against
-   the blocked loop in one process with 2 BLAS threads.
+3. Distribution overhead: the same pass on a 2-process LocalCluster (2 workers x 1 thread) and on
+   Dask's threaded scheduler in this process, against the blocked loop in one process (on one
+   thread, and on its pool of threads).
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def child(path: str, m: int, dtype: str) -> dict:
 
 
 def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
-    """One fused pass: 2-process LocalCluster vs the blocked loop in this process, the loop run
-    both on one thread and on its default pool of threads (:mod:`rfmdist.threads`)."""
+    """One fused pass: 2-process LocalCluster and Dask's threaded scheduler vs the blocked loop in
+    this process, the loop run both on one thread and on its default pool of threads
+    (:mod:`rfmdist.threads`)."""
+    import dask
     import dask.array as da
     from distributed import Client, LocalCluster
 
@@ -118,13 +121,20 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
         start = time.perf_counter()
         blocked.normal_matvec(V)
         local[name] = (time.perf_counter() - start, blocked.workers)
+    chunks = (max(1, n // 8), d)
+    with dask.config.set(scheduler="threads"):
+        op = DaskKernelOperator(da.from_array(X, chunks=chunks), prepared)
+        op.normal_matvec(V)
+        start = time.perf_counter()
+        op.normal_matvec(V)
+        threaded_seconds = time.perf_counter() - start
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):
-        Xd = client.persist(da.from_array(X, chunks=(max(1, n // 8), d)))
+        Xd = client.persist(da.from_array(X, chunks=chunks))
         op = DaskKernelOperator(Xd, prepared)
         op.normal_matvec(V)
         times = []
@@ -138,6 +148,7 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
         "pool_seconds": local["pool"][0],
         "pool_threads": local["pool"][1],
         "cluster_seconds": min(times),
+        "threaded_seconds": threaded_seconds,
     }
 
 
@@ -215,15 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     overhead = distribution_overhead(args.overhead_rows, args.centers, args.d, args.dtype)
     overhead_text = table(
-        ["n", "2-process cluster s", "blocked loop", "its s", "cluster / loop"],
+        ["n", "Dask", "its s", "blocked loop", "its s", "Dask / loop"],
         [
-            [
-                overhead["n"],
-                overhead["cluster_seconds"],
-                label,
-                seconds,
-                overhead["cluster_seconds"] / seconds,
-            ]
+            [overhead["n"], dask_label, dask_seconds, label, seconds, dask_seconds / seconds]
+            for dask_label, dask_seconds in (
+                ("2-process cluster", overhead["cluster_seconds"]),
+                ("threaded scheduler", overhead["threaded_seconds"]),
+            )
             for label, seconds in (
                 ("one thread", overhead["blocked_seconds"]),
                 (f"pool of {overhead['pool_threads']} threads", overhead["pool_seconds"]),

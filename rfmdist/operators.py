@@ -31,7 +31,13 @@ from rfmdist import memory
 from rfmdist.agop import kernel_agop_sum
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel
-from rfmdist.threads import block_workers, map_blocks, ordered_sum
+from rfmdist.threads import (
+    blas_limit_for_dask,
+    block_workers,
+    compute_dask,
+    map_blocks,
+    ordered_sum,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +268,8 @@ class DaskKernelOperator:
             meta=self.X._meta.astype(dtype),
         )
         if self.cache:
-            self._cached = K.persist()
+            with blas_limit_for_dask(K):
+                self._cached = K.persist()
             return self._cached
         return K
 
@@ -282,7 +289,7 @@ class DaskKernelOperator:
 
         for _ in range(LOST_DATA_RETRIES):
             try:
-                return build().compute()
+                return compute_dask(build())
             except CancelledError as err:  # distributed's FutureCancelledError
                 if active_client() is None:
                     raise
@@ -294,7 +301,7 @@ class DaskKernelOperator:
                 )
                 self._shared = share_with_workers(self.prepared)
                 self._cached = None
-        return build().compute()
+        return compute_dask(build())
 
     def _tree_sum(self, build_parts: Callable[[], Any]) -> Any:
         """Add the per-chunk partial results (stacked on axis 0) that ``build_parts()`` makes, by a

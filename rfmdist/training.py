@@ -31,6 +31,7 @@ from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
 from rfmdist.solvers.cg import conjugate_gradient
 from rfmdist.solvers.direct import cholesky_jittered, solve_direct
 from rfmdist.solvers.preconditioners import CentersPreconditioner, NystromPreconditioner
+from rfmdist.threads import compute_dask
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def iterate_rounds(
         if validation is not None:
             X_val, val_score = validation
             pred = machine.decision(X_val)
-            pred = pred.compute() if is_dask_array(pred) else pred
+            pred = compute_dask(pred) if is_dask_array(pred) else pred
             record["val_score"] = float(val_score(to_numpy(pred)))
         next_M = None
         if t < config.iters:
