@@ -35,8 +35,10 @@ About 30 s of CPU on one core (d = 50, n = 4000; both fits).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.linalg import subspace_angles
@@ -127,30 +129,33 @@ def fit_task(task: Task, iters: int, seed: int) -> Recovery:
     return out
 
 
-def report(results: list[Recovery]) -> None:
-    """Print the per-round table of every task and the final cosines."""
+def report(results: list[Recovery]) -> str:
+    """The per-round table of every task and the final cosines, as text."""
+    lines = []
     for res in results:
         t = res.task
         d = t.X.shape[1]
-        print(
-            f"\n{t.name}: {t.formula}, d = {d}, n = {len(t.y)}, held-out n = {len(t.y_test)}, "
+        lines += [
+            "",
+            f"{t.name}: {t.formula}, d = {d}, n = {len(t.y)}, held-out n = {len(t.y_test)}, "
             f"iters = {res.model.iters}, fit {res.seconds:.1f} s, best_iter_ = "
-            f"{res.model.best_iter_}"
-        )
-        print("round  principal-angle cosines  planted trace share  change of M  held-out R^2")
+            f"{res.model.best_iter_}",
+            "round  principal-angle cosines  planted trace share  change of M  held-out R^2",
+        ]
         rows = zip(res.cosines, res.trace_share, res.change, res.r2, strict=True)
         for r, (cos, share, change, r2) in enumerate(rows):
             # round 0 is M = I: every direction is an eigenvector, the cosines mean nothing
             cos_text = "n/a (M = I)" if r == 0 else ", ".join(f"{c:.5f}" for c in cos)
             change_text = "" if np.isnan(change) else f"{change:.4f}"
-            print(f"{r:>5}  {cos_text:<23}  {share:>19.4f}  {change_text:>11}  {r2:>12.4f}")
+            lines.append(f"{r:>5}  {cos_text:<23}  {share:>19.4f}  {change_text:>11}  {r2:>12.4f}")
         final = principal_cosines(res.model.M_, t.basis)
-        print(
+        lines.append(
             f"M_ (round {res.model.best_iter_}): cosines "
             + ", ".join(f"{c:.5f}" for c in final)
             + f"; top features by feature_importances_: "
             f"{np.argsort(res.model.feature_importances_)[::-1][:4].tolist()}"
         )
+    return "\n".join(lines)
 
 
 def plot(results: list[Recovery], out: str) -> None:
@@ -253,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=5, help="RFM rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (0: default)")
+    parser.add_argument(
+        "--results-md", default=None, help="also write the table into this RESULTS.md section"
+    )
     args = parser.parse_args(argv)
     if args.d < 2:
         parser.error(f"--d: expected an integer >= 2, found {args.d}.")
@@ -263,8 +271,28 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if limits is not None:
             limits.restore_original_limits()
-    report(results)
+    text = report(results)
+    print(text)
     plot(results, args.out)
+    if args.results_md:
+        _write_results(args.results_md, text, argv)
+
+
+def _write_results(path: str, text: str, argv: list[str] | None) -> None:
+    """Regenerate the ``feature_recovery`` section of the results page with ``text``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import write_section
+
+    command = "python examples/feature_recovery.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    write_section(
+        path,
+        "feature_recovery",
+        "Feature recovery (planted directions, d = 50)",
+        command,
+        f"```\n{text.strip()}\n```\n",
+    )
 
 
 if __name__ == "__main__":

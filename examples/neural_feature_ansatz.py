@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="BLAS threads (default 1: the matrices are small, more threads mostly add overhead)",
     )
+    p.add_argument(
+        "--results-md", default=None, help="also write the table into this RESULTS.md section"
+    )
     return p.parse_args(argv)
 
 
@@ -242,9 +246,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
             logger.info("%s: train %s, test %s", name, task.X_train.shape, task.X_test.shape)
             for wd in args.weight_decay:
                 rows.append(run(task, weight_decay=wd, args=args))
-    print(format_table(rows))
-    print(f"total {time.perf_counter() - start:.1f}s")
+    text = f"{format_table(rows)}\ntotal {time.perf_counter() - start:.1f}s"
+    print(text)
+    if args.results_md:
+        _write_results(args.results_md, text, argv)
     return rows
+
+
+def _write_results(path: str, text: str, argv: list[str] | None) -> None:
+    """Regenerate the ``nfa`` section of the results page with ``text``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import write_section
+
+    command = "python examples/neural_feature_ansatz.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    write_section(
+        path,
+        "nfa",
+        "Deep Neural Feature Ansatz: W1^T W1 against the AGOP",
+        command,
+        f"```\n{text.strip()}\n```\n",
+    )
 
 
 if __name__ == "__main__":
