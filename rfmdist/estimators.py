@@ -598,20 +598,30 @@ class _RFMBase(BaseEstimator):
         logger.info("saved %s to %s", type(self).__name__, plan.target.url)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> _RFMBase:
+    def load(cls, path: str | os.PathLike[str], *, incomplete: bool = False) -> _RFMBase:
         """Load a fitted estimator of this class from a complete store.
 
         Parameters
         ----------
         path : str or os.PathLike
             Local path or fsspec URL written by :meth:`save` or ``fit(..., store=path)``.
+        incomplete : bool, default False
+            Also load a fit still running or interrupted: the estimator of its best committed
+            round (``history_`` holds the committed rounds).
 
         Raises
         ------
         rfmdist.exceptions.StoreError
-            No complete store at ``path``, a damaged one, or one holding another estimator class.
+            No complete store at ``path`` (with ``incomplete``: no committed round), a damaged one,
+            or one holding another estimator class.
         """
-        stored = read_store(path)
+        stored = read_store(path, require_complete=not incomplete)
+        if stored.best_iter is None:
+            raise StoreError(
+                f"Expected at least one committed round in the store at {str(path)!r}, found none "
+                f"(status {stored.attrs['status']!r}); wait for round 0 to finish, or resume the "
+                "fit."
+            )
         if stored.attrs["estimator"] != cls.__name__:
             raise StoreError(
                 f"Expected a {cls.__name__} model at {str(path)!r}, found a "
@@ -716,13 +726,16 @@ def _stored_best(stored: StoredRun) -> RoundOutcome | None:
     )
 
 
-def load(path: str | os.PathLike[str]) -> _RFMBase:
+def load(path: str | os.PathLike[str], *, incomplete: bool = False) -> _RFMBase:
     """Load the fitted estimator (RFMRegressor or RFMClassifier) stored at ``path``.
 
     Parameters
     ----------
     path : str or os.PathLike
         Local path or fsspec URL of a complete store.
+    incomplete : bool, default False
+        Also load a fit still running or interrupted (its best committed round so far); reading
+        never changes the store.
 
     Returns
     -------
@@ -744,7 +757,7 @@ def load(path: str | os.PathLike[str]) -> _RFMBase:
     >>> bool(np.array_equal(same.predict(X), model.predict(X)))
     True
     """
-    stored = read_store(path)
+    stored = read_store(path, require_complete=not incomplete)
     name = stored.attrs["estimator"]
     classes = {cls.__name__: cls for cls in (RFMRegressor, RFMClassifier)}
     if name not in classes:
@@ -752,7 +765,7 @@ def load(path: str | os.PathLike[str]) -> _RFMBase:
             f"Expected a store of one of {sorted(classes)} at {str(path)!r}, found estimator "
             f"{name!r}; load it with the class that wrote it."
         )
-    return classes[name].load(path)
+    return classes[name].load(path, incomplete=incomplete)
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):

@@ -164,7 +164,29 @@ def test_evaluate_and_inspect(model, files, frame, tmp_path, capsys):
     plot = tmp_path / "imp.png"
     code, stdout, err = run_cli(["inspect", model, "--plot", plot], capsys)
     assert code == 0, err
-    assert "best round" in stdout and plot.stat().st_size > 1000
+    assert "best round" in stdout and "status: complete" in stdout and plot.stat().st_size > 1000
+
+
+def test_inspect_an_unfinished_fit(frame, tmp_path, capsys):
+    """A fit still running or interrupted: inspect shows its committed rounds and says how to
+    continue, and 'predict' still refuses it."""
+    store = tmp_path / "unfinished.zarr"
+    X, y = frame[["a", "b", "c", "d"]], frame["y"]
+    RFMRegressor(iters=4, random_state=0).fit(
+        X, y, store=str(store), callback=lambda o: o.round == 1
+    )
+    code, stdout, err = run_cli(["inspect", store, "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(stdout)
+    assert [r["round"] for r in info["rounds"]] == [0, 1]
+    assert info["status"].startswith("not finished") and "--resume" in info["status"]
+    code, stdout, err = run_cli(["inspect", store], capsys)
+    assert code == 0 and "2 of 5 rounds committed" in stdout, err
+    data = tmp_path / "data.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "p.npy"
+    code, _, err = run_cli(["predict", "--model", store, "--data", data, "--out", out], capsys)
+    assert code == 2 and "interrupted fit" in err and not out.exists()
 
 
 def test_evaluate_classifier_with_string_labels(tmp_path, rng, capsys):

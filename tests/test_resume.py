@@ -220,3 +220,22 @@ def test_stored_centers_equal_recomputed_ones(task, tmp_path):
     np.testing.assert_array_equal(resumed.centers_, stored)
     np.testing.assert_array_equal(first.centers_, stored)
     assert resumed.seed_ == first.seed_
+
+
+def test_unfinished_store_loads_its_best_committed_round_read_only(task, tmp_path):
+    """``load(path, incomplete=True)`` gives the best round committed so far, equal to a finished
+    fit of as many rounds, and leaves the store as it was (the fit then resumes normally)."""
+    X, y, eval_set = task
+    path = tmp_path / "run.zarr"
+    RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, callback=_stop_after(2))
+    before = {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    loaded = rfmdist.load(path, incomplete=True)
+    finished_3_rounds = RFMRegressor(**{**PARAMS, "iters": 2}).fit(X, y, eval_set=eval_set)
+    assert [r["round"] for r in loaded.history_] == [0, 1, 2]
+    _assert_same_fit(loaded, finished_3_rounds, X)
+    after = {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    assert after == before
+    with pytest.raises(StoreError, match="interrupted fit"):
+        rfmdist.load(path)
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    assert len(resumed.history_) == ITERS + 1

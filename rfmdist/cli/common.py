@@ -13,13 +13,15 @@ from rfmdist.cli.errors import UsageError
 logger = logging.getLogger(__name__)
 
 
-def load_model(path: str) -> Any:
+def load_model(path: str, *, incomplete: bool = False) -> Any:
     """Load a fitted estimator from a model store, with exit-2 errors for a wrong path.
 
     Parameters
     ----------
     path : str
         A store written by ``rfmdist fit`` (or ``fit(..., store=path)``).
+    incomplete : bool, default False
+        Also load an unfinished fit (its best committed round).
 
     Returns
     -------
@@ -38,7 +40,7 @@ def load_model(path: str) -> Any:
             "Expected rfmdist.load (the model store) in this rfmdist build, found it missing; "
             "update rfmdist."
         )
-    return rfmdist.load(path)
+    return rfmdist.load(path, incomplete=incomplete)
 
 
 def feature_names(estimator: Any) -> list[str] | None:

@@ -20,7 +20,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
         description=(
             "Print the parameters of a model written by 'rfmdist fit', its rounds (train and "
             "validation scores, seconds), the best round and its most important features (the "
-            "normalised diagonal of the learned feature matrix M)."
+            "normalised diagonal of the learned feature matrix M). A fit still running or "
+            "interrupted is shown as far as its committed rounds go; the store is only read."
         ),
     )
     parser.add_argument("model", metavar="MODEL.zarr", help="Model store.")
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plt = require_matplotlib()
         io.check_output_path(args.plot, what="plot", allow_existing=True)
-    estimator = load_model(args.model)
+    estimator = load_model(args.model, incomplete=True)
     info = summary(estimator, args.model, top=args.top)
+    info["status"] = _status_line(args.model, len(info["rounds"]), int(estimator.iters))
     if args.json:
         sys.stdout.write(json.dumps(info) + "\n")
     else:
@@ -97,6 +99,20 @@ def summary(estimator: Any, path: str, *, top: int) -> dict[str, Any]:
     }
 
 
+def _status_line(path: str, committed: int, iters: int) -> str:
+    """'complete', or how far an unfinished fit got and how to continue it."""
+    from rfmdist.store import read_store
+
+    status = read_store(path, require_complete=False).attrs["status"]
+    if status == "complete":
+        return "complete"
+    return (
+        f"not finished ({status!r}: running now, or interrupted): {committed} of {iters + 1} "
+        "rounds committed; the best round so far is shown. Continue an interrupted fit with "
+        "'rfmdist fit --resume' and the same arguments."
+    )
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
@@ -116,7 +132,8 @@ def _print(info: dict[str, Any]) -> None:
     )
     if info["classes"] is not None:
         out.write(f", {len(info['classes'])} classes")
-    out.write("\nparameters: " + ", ".join(f"{k}={v}" for k, v in info["params"].items()) + "\n\n")
+    out.write("\nparameters: " + ", ".join(f"{k}={v}" for k, v in info["params"].items()) + "\n")
+    out.write(f"status: {info['status']}\n\n")
     metric = info["metric"]
     out.write(f"{'round':>5}  {'train ' + metric:>14}  {'val ' + metric:>12}  {'seconds':>8}\n")
     for r in info["rounds"]:
