@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import product_task, table, write_section
+from common import command_line, product_task, table, write_section
 
 logger = logging.getLogger("benchmarks.cg_tolerance")
 
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     print(text)
-    command = "python benchmarks/cg_tolerance.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("benchmarks/cg_tolerance.py", argv)
     write_section(
         args.results_md,
         "cg_tolerance",

@@ -49,6 +49,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The shell command that ran ``script`` (a repository-relative path) with ``argv``."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_text_section(
+    path: str | None, section: str, title: str, script: str, argv: Sequence[str] | None, text: str
+) -> None:
+    """:func:`write_section` with ``text`` (a script's printed table) as a code block."""
+    write_section(path, section, title, command_line(script, argv), f"```\n{text.strip()}\n```\n")
+
+
 def write_section(path: str | None, section: str, title: str, command: str, body: str) -> None:
     """Regenerate this benchmark's section of ``benchmarks/RESULTS.md`` (marker-delimited).
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, peak_rss_mib, table, write_section
+from common import command_line, machine_line, peak_rss_mib, table, write_section
 
 AGOP_SAMPLES = 20_000
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     print(f"\n{machine_line()}\n{header}\n\n{scaling_text}\n\n{overhead_text}")
-    command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("benchmarks/scaling.py", argv)
     write_section(
         args.results_md,
         "scaling",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, product_task, table, write_section
+from common import command_line, machine_line, product_task, table, write_section
 
 from rfmdist import RFMRegressor
 
@@ -161,9 +161,7 @@ def report(results: list[dict], args: argparse.Namespace, argv: list[str] | None
     ]
     agop_text = table(["method", "AGOP s per round", "rest of the round s (solve, scores)"], agop)
     print(f"\n{header}\n\n{text}\n\n{agop_text}")
-    command = "python benchmarks/synthetic_20k.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("benchmarks/synthetic_20k.py", argv)
     write_section(
         args.results_md,
         "synthetic20k",

@@ -281,17 +281,15 @@ def main(argv: list[str] | None = None) -> None:
 def _write_results(path: str, text: str, argv: list[str] | None) -> None:
     """Regenerate the ``feature_recovery`` section of the results page with ``text``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from common import write_section
+    from common import write_text_section
 
-    command = "python examples/feature_recovery.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    write_section(
+    write_text_section(
         path,
         "feature_recovery",
         "Feature recovery (planted directions, d = 50)",
-        command,
-        f"```\n{text.strip()}\n```\n",
+        "examples/feature_recovery.py",
+        argv,
+        text,
     )
 
 

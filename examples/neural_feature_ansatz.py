@@ -256,17 +256,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
 def _write_results(path: str, text: str, argv: list[str] | None) -> None:
     """Regenerate the ``nfa`` section of the results page with ``text``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from common import write_section
+    from common import write_text_section
 
-    command = "python examples/neural_feature_ansatz.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    write_section(
+    write_text_section(
         path,
         "nfa",
         "Deep Neural Feature Ansatz: W1^T W1 against the AGOP",
-        command,
-        f"```\n{text.strip()}\n```\n",
+        "examples/neural_feature_ansatz.py",
+        argv,
+        text,
     )
 
 
