@@ -119,7 +119,7 @@ def test_tf32_is_a_no_op_without_cupy(no_cupy):
 def test_dtype_default_follows_the_device(dtype, device, expected):
     config = RFMRegressor(dtype=dtype)._round_config(0, device)
     assert config.dtype == expected and config.device == device
-    assert config.tol == (1e-4 if expected == np.float32 else 1e-7)
+    assert config.tol == 1e-4
 
 
 def test_default_fit_stays_float64_on_the_cpu():
