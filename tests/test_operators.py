@@ -105,6 +105,43 @@ def test_dask_operator_threaded(problem, chunks, split_every, cache):
         assert_operator_matches_dense(op, problem, Ud)
 
 
+BLAS_BUDGETS_SEEN: list[int] = []
+"""The BLAS thread budget in force wherever a :class:`RecordingKernel` computed a block."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingKernel(PreparedKernel):
+    """A prepared kernel recording the BLAS budget of the thread computing each block (defined at
+    module level: Dask may copy the graph's objects, and a module-level class is copied by
+    reference, so its records land in :data:`BLAS_BUDGETS_SEEN`)."""
+
+    def block(self, X):
+        BLAS_BUDGETS_SEEN.append(blas_threads())
+        return super().block(X)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_dask_threaded_passes_use_one_blas_thread(problem, cache):
+    """Dask's thread pool runs one task per core, so its tasks' BLAS runs on one thread (the full
+    budget in every task oversubscribed the cores, 1.8x slower passes measured on 2 cores); the
+    synchronous scheduler runs one task at a time and keeps the budget."""
+    from threadpoolctl import threadpool_limits
+
+    X, _, _, prepared, K, V, _ = problem
+    recording = RecordingKernel(
+        **{f.name: getattr(prepared, f.name) for f in dataclasses.fields(prepared)}
+    )
+    Xd = da.from_array(X, chunks=(100, D))
+    with threadpool_limits(limits=2, user_api="blas"):
+        for scheduler, budget in (("threads", 1), ("sync", 2)):
+            BLAS_BUDGETS_SEEN.clear()
+            op = DaskKernelOperator(Xd, recording, cache=cache)
+            with dask.config.set(scheduler=scheduler):
+                np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
+                np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
+            assert BLAS_BUDGETS_SEEN and set(BLAS_BUDGETS_SEEN) == {budget}, scheduler
+
+
 @pytest.fixture(scope="module")
 def cluster_client():
     with (
@@ -193,40 +230,3 @@ def test_dask_operator_when_the_broadcast_hangs(problem, cluster_client, monkeyp
     assert waited < 10, waited
     assert type(op._shared).__module__.startswith("dask.delayed")
     assert_operator_matches_dense(op, problem, Ud)
-
-
-BLAS_BUDGETS_SEEN: list[int] = []
-"""The BLAS thread budget in force wherever a :class:`RecordingKernel` computed a block."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordingKernel(PreparedKernel):
-    """A prepared kernel recording the BLAS budget of the thread computing each block (defined at
-    module level: Dask may copy the graph's objects, and a module-level class is copied by
-    reference, so its records land in :data:`BLAS_BUDGETS_SEEN`)."""
-
-    def block(self, X):
-        BLAS_BUDGETS_SEEN.append(blas_threads())
-        return super().block(X)
-
-
-@pytest.mark.parametrize("cache", [False, True])
-def test_dask_threaded_passes_use_one_blas_thread(problem, cache):
-    """Dask's thread pool runs one task per core, so its tasks' BLAS runs on one thread (the full
-    budget in every task oversubscribed the cores, 1.8x slower passes measured on 2 cores); the
-    synchronous scheduler runs one task at a time and keeps the budget."""
-    from threadpoolctl import threadpool_limits
-
-    X, _, _, prepared, K, V, _ = problem
-    recording = RecordingKernel(
-        **{f.name: getattr(prepared, f.name) for f in dataclasses.fields(prepared)}
-    )
-    Xd = da.from_array(X, chunks=(100, D))
-    with threadpool_limits(limits=2, user_api="blas"):
-        for scheduler, budget in (("threads", 1), ("sync", 2)):
-            BLAS_BUDGETS_SEEN.clear()
-            op = DaskKernelOperator(Xd, recording, cache=cache)
-            with dask.config.set(scheduler=scheduler):
-                np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
-                np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-6)
-            assert BLAS_BUDGETS_SEEN and set(BLAS_BUDGETS_SEEN) == {budget}, scheduler
