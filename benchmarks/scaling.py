@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,17 @@ def child(path: str, m: int, dtype: str) -> dict:
     }
 
 
+def pass_seconds(op: Any, V: np.ndarray, repeats: int = 1) -> float:
+    """Seconds of ``op``'s fused pass ``K^T (K V)``: one warm-up, then the best of ``repeats``."""
+    op.normal_matvec(V)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        op.normal_matvec(V)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
     """One fused pass: 2-process LocalCluster and Dask's threaded scheduler vs the blocked loop in
     this process, the loop run both on one thread and on its default pool of threads
@@ -114,20 +126,14 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
     X = gen.normal(size=(n, d)).astype(dtype)
     prepared = prepare_kernel(X[:m].copy(), np.eye(d, dtype=dtype), bandwidth=10.0)
     V = gen.normal(size=(m, 1))
-    local = {}
-    for name, workers in (("one_thread", 1), ("pool", None)):
-        blocked = BlockedKernelOperator(X, prepared, workers=workers)
-        blocked.normal_matvec(V)
-        start = time.perf_counter()
-        blocked.normal_matvec(V)
-        local[name] = (time.perf_counter() - start, blocked.workers)
+    blocked_seconds = pass_seconds(BlockedKernelOperator(X, prepared, workers=1), V)
+    pool = BlockedKernelOperator(X, prepared)
+    pool_seconds = pass_seconds(pool, V)
     chunks = (max(1, n // 8), d)
     with dask.config.set(scheduler="threads"):
-        op = DaskKernelOperator(da.from_array(X, chunks=chunks), prepared)
-        op.normal_matvec(V)
-        start = time.perf_counter()
-        op.normal_matvec(V)
-        threaded_seconds = time.perf_counter() - start
+        threaded_seconds = pass_seconds(
+            DaskKernelOperator(da.from_array(X, chunks=chunks), prepared), V
+        )
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
@@ -135,19 +141,13 @@ def distribution_overhead(n: int, m: int, d: int, dtype: str) -> dict:
         Client(cluster) as client,
     ):
         Xd = client.persist(da.from_array(X, chunks=chunks))
-        op = DaskKernelOperator(Xd, prepared)
-        op.normal_matvec(V)
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            op.normal_matvec(V)
-            times.append(time.perf_counter() - start)
+        cluster_seconds = pass_seconds(DaskKernelOperator(Xd, prepared), V, repeats=2)
     return {
         "n": n,
-        "blocked_seconds": local["one_thread"][0],
-        "pool_seconds": local["pool"][0],
-        "pool_threads": local["pool"][1],
-        "cluster_seconds": min(times),
+        "blocked_seconds": blocked_seconds,
+        "pool_seconds": pool_seconds,
+        "pool_threads": pool.workers,
+        "cluster_seconds": cluster_seconds,
         "threaded_seconds": threaded_seconds,
     }
 
