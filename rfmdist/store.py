@@ -209,6 +209,15 @@ def _status(location: StoreLocation) -> str | None:
     return str(attrs.get("status"))
 
 
+def store_status(path: str | os.PathLike[str]) -> str | None:
+    """Status of the store at ``path`` from its attributes alone (no array is read): None (nothing
+    there), 'running' (a fit running or interrupted) or 'complete'.
+
+    Raises StoreError when something other than an rfmdist store is there.
+    """
+    return _status(store_location(path))
+
+
 # --- planning a run ------------------------------------------------------------------------------------
 
 

@@ -101,9 +101,9 @@ def summary(estimator: Any, path: str, *, top: int) -> dict[str, Any]:
 
 def _status_line(path: str, committed: int, iters: int) -> str:
     """'complete', or how far an unfinished fit got and how to continue it."""
-    from rfmdist.store import read_store
+    from rfmdist.store import store_status
 
-    status = read_store(path, require_complete=False).attrs["status"]
+    status = store_status(path)
     if status == "complete":
         return "complete"
     return (
