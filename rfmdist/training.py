@@ -3,13 +3,18 @@
 Round ``t`` (``t = 0 .. iters``) uses the feature matrix ``M_t`` (``M_0 = I``):
 
 1. fit the kernel machine: ``(K + reg I) a = Y`` on all rows (exact) or the Nyström-centers system
-   ``(K_nm^T K_nm + reg K_mm) b = K_nm^T Y``, by a direct solve or preconditioned conjugate gradient;
+   ``(K_nm^T K_nm + reg K_mm) b = K_nm^T Y`` (:mod:`rfmdist.solvers.systems`), by the solver the
+   cost model of :mod:`rfmdist.solvers.costs` finds cheapest on this device within its memory
+   budget (or the one asked for);
 2. score it on the training rows and, when given, on validation rows;
 3. unless it is the last round, ``M_{t+1} = AGOP`` of this round's predictor on (a seeded random subset
-   of) the training rows.
+   of) the training rows, divided by its largest entry (``normalize_agop='max'``) or raw.
 
-:func:`iterate_rounds` yields one :class:`RoundOutcome` per round so that callers can record, checkpoint
-or stop between rounds; it can start from a later round with a given ``M`` (resume).
+:func:`iterate_rounds` yields one :class:`RoundOutcome` per round; :func:`run_rounds` drives it and owns
+what a fit keeps: the best round on validation (the last one without validation), early stopping
+(``n_iter_no_change``), the wall-clock budget (``time_budget``), and why the rounds stopped. Both can
+start from a later round with a given ``M`` (resume): everything they decide is a function of the
+recorded history, so a resumed run decides as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,23 +32,26 @@ from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
-from rfmdist.solvers.cg import conjugate_gradient
-from rfmdist.solvers.direct import cholesky_jittered, solve_direct
-from rfmdist.solvers.preconditioners import CentersPreconditioner, NystromPreconditioner
-from rfmdist.threads import compute_dask
+from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator, active_client
+from rfmdist.solvers import costs
+from rfmdist.solvers.systems import ExactSystem, NystromSystem, PCGSettings, solve_system
+from rfmdist.threads import blas_threads, compute_dask
 
 logger = logging.getLogger(__name__)
 
-# 'auto' solver: a direct Cholesky of the exact system up to this many rows, PCG beyond.
-DIRECT_MAX_ROWS = 10_000
 # 'auto' centers: all rows (the exact system) up to this many rows, this many Nyström centers beyond.
 AUTO_CENTERS = 20_000
+# Exact systems with at most this many rows are solved by float64 Cholesky without consulting the
+# cost model: every solver takes well under a second there, and float64 Cholesky is the reference.
+SMALL_EXACT_ROWS = 2_000
 
+SOLVERS: tuple[str, ...] = ("auto", "direct", "mixed", "pcg")
 
-def kernel_cache_bytes() -> int:
-    """Memory the solver may spend keeping a round's ``n x m`` kernel (env RFMDIST_KERNEL_CACHE_BYTES)."""
-    return memory.host_cache_bytes()
+# Why the rounds stopped (the last record's "stopped").
+STOP_ITERS = "iters"
+STOP_NO_CHANGE = "n_iter_no_change"
+STOP_TIME = "time_budget"
+STOP_CALLBACK = "callback"
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,11 @@ class RoundConfig:
     bandwidth : float
     reg : float
     iters : int
-        Number of AGOP updates; rounds ``0 .. iters`` are fitted.
+        Number of AGOP updates; rounds ``0 .. iters`` at most.
     diag : bool
     agop_samples : int or None
         Points per round on which the AGOP is estimated (None: all).
-    solver : {'auto', 'direct', 'pcg'}
+    solver : {'auto', 'direct', 'mixed', 'pcg'}
     tol : float
         PCG relative residual target.
     max_iter : int
@@ -73,6 +81,12 @@ class RoundConfig:
         Where the kernel passes run (resolved from the estimator's ``device``).
     tf32 : bool
         TF32 tensor-core GEMMs on the GPU (set by the caller around the rounds).
+    normalize_agop : {'max', None}
+        Divide each AGOP by its largest entry before it becomes the next ``M``.
+    n_iter_no_change : int or None
+        Stop once the validation score has not improved for this many rounds (None: never).
+    time_budget : float or None
+        Wall-clock seconds for the rounds (None: no limit).
     """
 
     kernel: str
@@ -91,6 +105,9 @@ class RoundConfig:
     seed: int
     device: str = "cpu"
     tf32: bool = False
+    normalize_agop: str | None = "max"
+    n_iter_no_change: int | None = None
+    time_budget: float | None = None
 
 
 @dataclass
@@ -102,7 +119,7 @@ class TrainingData:
     X : array or dask.array.Array, shape (n, d)
         Preprocessed features in the kernel dtype.
     Y : array or dask.array.Array, shape (n, c)
-        Float targets (one-hot for classification).
+        Float targets (one-hot for classification), scaled by ``target_scaling``.
     score : callable
         ``score(predictions (n, c) numpy, in target units) -> float`` on the training rows.
     center_rows : numpy.ndarray of int or None
@@ -161,7 +178,7 @@ class RoundOutcome:
     machine : KernelMachine
         The round's predictor (with ``M_t``).
     record : dict
-        JSON-ready: scores, seconds, solver record, AGOP seconds.
+        JSON-ready: scores, seconds, the solver choice and record, AGOP seconds.
     next_M : numpy.ndarray or None
         ``M_{t+1}`` (None after the last round).
     """
@@ -185,95 +202,100 @@ def agop_rows(n: int, samples: int | None, seed: int, round_index: int) -> np.nd
     return np.sort(rng.choice(n, size=samples, replace=False))
 
 
-def choose_solver(config: RoundConfig, data: TrainingData) -> str:
-    """Resolve ``solver='auto'``: direct for exact systems up to ``DIRECT_MAX_ROWS`` rows (the kernel
-    is gathered on the client, also from Dask data), PCG otherwise."""
-    if config.solver != "auto":
-        return config.solver
-    if data.exact and data.n_rows <= DIRECT_MAX_ROWS:
-        return "direct"
-    return "pcg"
+def next_metric(agop: np.ndarray, normalize: str | None) -> np.ndarray:
+    """The next round's ``M`` from an AGOP: divided by its largest entry, or as it is.
+
+    Examples
+    --------
+    >>> next_metric(np.array([[4.0, 1.0], [1.0, 2.0]]), "max")
+    array([[1.  , 0.25],
+           [0.25, 0.5 ]])
+    """
+    if normalize != "max":
+        return agop
+    top = float(np.max(agop)) if agop.size else 0.0
+    return agop / top if top > 0 else agop
 
 
-def use_cache(config: RoundConfig, n: int, m: int) -> bool:
-    """Resolve ``cache_kernel``: 'auto' keeps the ``n x m`` kernel when it fits the budget of the
-    device (:func:`rfmdist.memory.cache_bytes`: a fixed host budget, or the GPU's free memory)."""
+def memory_budget(config: RoundConfig) -> int:
+    """Bytes a solve may add where it runs (the client process or its GPU)."""
+    return memory.available_bytes(config.device)
+
+
+def use_cache(config: RoundConfig, n: int, m: int, *, on_workers: bool = False) -> bool:
+    """Resolve ``cache_kernel``: 'auto' keeps the ``n x m`` kernel when it fits the memory budget of
+    where it would live (:func:`rfmdist.memory.cache_bytes` in this process or on its GPU;
+    :func:`rfmdist.memory.workers_cache_bytes` for a kernel persisted on distributed workers)."""
     if config.cache_kernel != "auto":
         return bool(config.cache_kernel)
-    return n * m * np.dtype(config.dtype).itemsize <= memory.cache_bytes(config.device)
+    return n * m * np.dtype(config.dtype).itemsize <= cache_budget(config, on_workers=on_workers)
 
 
-def solve_round(
-    op: Any,
-    data: TrainingData,
-    prepared: Any,
-    config: RoundConfig,
-    solver: str,
-    round_index: int,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Fit one round's coefficients.
+def cache_budget(config: RoundConfig, *, on_workers: bool = False) -> int:
+    """Bytes a cached ``n x m`` kernel may take where it would live."""
+    client = active_client() if on_workers else None
+    if client is not None:
+        return memory.workers_cache_bytes(client)
+    return memory.cache_bytes(config.device)
+
+
+def choose_solver(
+    config: RoundConfig, data: TrainingData, m: int, iterations: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The round's solver and the record of how it was chosen.
+
+    ``solver='auto'`` asks the cost model (:func:`rfmdist.solvers.costs.choose`) for the fastest
+    solver that fits the memory budget, assuming ``iterations`` CG iterations (the previous PCG
+    round's, else the prior); small exact systems take float64 Cholesky directly. Another
+    ``solver`` is used as asked ('mixed' applies to exact systems only: Nyström systems take
+    'direct' instead).
 
     Returns
     -------
-    coef : array, shape (m, c), float64
-    train_pred : array, shape (n, c)
-        The training rows' predictions.
+    solver : {'direct', 'mixed', 'pcg'}
     record : dict
+        JSON-ready (``history_[t]["solver_choice"]``).
     """
-    reg = config.reg
+    exact = data.exact
+    if config.solver != "auto":
+        solver = "direct" if config.solver == "mixed" and not exact else config.solver
+        return solver, {"chosen": solver, "reason": "as requested"}
+    n = data.n_rows
+    if exact and n <= SMALL_EXACT_ROWS:
+        return "direct", {
+            "chosen": "direct",
+            "reason": f"exact system of at most {SMALL_EXACT_ROWS} rows",
+        }
+    kind = "exact" if exact else "nystrom"
+    problem = costs.Problem(
+        n=n,
+        m=m,
+        d=int(data.X.shape[1]),
+        c=int(data.Y.shape[1]),
+        exact=exact,
+        dtype=np.dtype(config.dtype).name,
+        cache_bytes=cache_budget(config, on_workers=is_dask_array(data.X)),
+        rank=config.preconditioner_rank,
+    )
+    rates = costs.measured_rates(config.device, blas_threads())
+    choice = costs.choose(
+        problem,
+        rates,
+        iterations=costs.PRIOR_ITERATIONS[kind] if iterations is None else iterations,
+        memory_bytes=memory_budget(config),
+        allowed=("direct", "mixed", "pcg") if exact else ("direct", "pcg"),
+    )
+    return choice.solver, choice.record()
+
+
+def build_system(
+    op: Any, data: TrainingData, prepared: Any, config: RoundConfig
+) -> ExactSystem | NystromSystem:
+    """The round's linear system over ``op``."""
     if data.exact:
-        Y = data.targets_on_client()
-        if solver == "direct":
-            # Factor in float64 whatever the kernel dtype: a float32 Cholesky of a feature-learned
-            # kernel (norm ~ n, reg 1e-3) fails or needs a jitter comparable to reg itself.
-            result = solve_direct(op.dense().astype(np.float64), Y, reg)
-            coef = result.x.astype(np.float64)
-            # (K + (reg + jitter) I) a = Y, so K a = Y - (reg + jitter) a without another pass.
-            return coef, Y - (reg + result.jitter) * coef, result.record()
-        rng = np.random.default_rng([config.seed, 2, round_index])
-        precond = NystromPreconditioner.from_matvec(
-            op.matvec, op.n_rows, rank=config.preconditioner_rank, shift=reg, rng=rng, like=Y
-        )
-        result = conjugate_gradient(
-            lambda V: op.matvec(V) + reg * V,
-            Y,
-            preconditioner=precond,
-            tol=config.tol,
-            max_iter=config.max_iter,
-        )
-        record = result.record() | precond.record()
-        return result.x, op.matvec(result.x), record
-
-    K_mm = prepared.block(data.centers)
-    xp = get_namespace(K_mm)
-    rhs = op.rmatvec(data.Y if is_dask_array(data.X) else data.targets_on_client())
-    rhs = xp.asarray(rhs, dtype=np.float64)
-    K_mm64 = K_mm.astype(np.float64)
-    if solver == "direct":
-        start = time.perf_counter()
-        A = op.gram() + reg * K_mm64
-        factor, jitter = cholesky_jittered(A, 0.0, what="K_nm^T K_nm + reg K_mm")
-        from rfmdist.backend import solve_triangular
-
-        coef = solve_triangular(
-            factor, solve_triangular(factor, rhs, lower=True), lower=True, trans=True
-        )
-        record = {"solver": "direct", "jitter": jitter, "seconds": time.perf_counter() - start}
-    else:
-        precond = CentersPreconditioner(
-            K_mm64, op.n_rows, reg, resolution=float(np.finfo(K_mm.dtype).eps)
-        )
-        result = conjugate_gradient(
-            lambda V: op.normal_matvec(V) + reg * (K_mm64 @ V),
-            rhs,
-            preconditioner=precond,
-            tol=config.tol,
-            max_iter=config.max_iter,
-        )
-        coef = result.x
-        record = result.record() | precond.record()
-    train_pred = op.predict(coef)
-    return coef, train_pred, record
+        return ExactSystem(op, data.targets_on_client(), config.reg)
+    Y = data.Y if is_dask_array(data.X) else data.targets_on_client()
+    return NystromSystem(op, prepared.block(data.centers), Y, config.reg)
 
 
 def iterate_rounds(
@@ -283,6 +305,7 @@ def iterate_rounds(
     start_round: int = 0,
     start_M: np.ndarray | None = None,
     validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
+    pcg_iterations: float | None = None,
 ) -> Iterator[RoundOutcome]:
     """Run rounds ``start_round .. config.iters``, yielding each as it finishes.
 
@@ -296,6 +319,8 @@ def iterate_rounds(
         Feature matrix of ``start_round`` (identity by default).
     validation : (X_val, score) , optional
         Raw validation features (NumPy, CuPy or Dask) and ``score(predictions) -> float``.
+    pcg_iterations : float, optional
+        CG iterations of the last PCG round before ``start_round`` (for the cost model).
     """
     d = int(data.X.shape[1])
     M = (
@@ -310,13 +335,26 @@ def iterate_rounds(
             data.centers, xp.asarray(M), kernel=config.kernel, bandwidth=config.bandwidth
         )
         m = prepared.n_centers
-        solver = choose_solver(config, data)
-        cache = use_cache(config, data.n_rows, m) if solver == "pcg" else False
+        solver, choice = choose_solver(config, data, m, pcg_iterations)
+        cache = (
+            use_cache(config, data.n_rows, m, on_workers=is_dask_array(data.X))
+            if solver == "pcg"
+            else False
+        )
         op = data.operator(prepared, cache=cache, split_every=config.split_every)
-        coef, train_pred, solve_record = solve_round(op, data, prepared, config, solver, t)
+        system = build_system(op, data, prepared, config)
+        settings = PCGSettings(
+            tol=config.tol,
+            max_iter=config.max_iter,
+            preconditioner_rank=config.preconditioner_rank,
+            seed=(config.seed, 2, t),
+        )
+        solved = solve_system(system, solver, settings)
+        if solver == "pcg":
+            pcg_iterations = float(solved.record["iterations"])
         machine = KernelMachine(
             centers=to_numpy(data.centers),
-            coef=to_numpy(coef).astype(np.float64),
+            coef=to_numpy(solved.coef).astype(np.float64),
             M=M.copy(),
             kernel=config.kernel,
             bandwidth=config.bandwidth,
@@ -327,10 +365,13 @@ def iterate_rounds(
         record: dict[str, Any] = {
             "round": t,
             "solver": solver,
+            "solver_choice": choice,
             "n_centers": m,
             "cached_kernel": cache,
-            "solve": solve_record,
-            "train_score": float(data.score(data.target_scaling.inverse(to_numpy(train_pred)))),
+            "solve": solved.record,
+            "train_score": float(
+                data.score(data.target_scaling.inverse(to_numpy(solved.train_pred)))
+            ),
             "val_score": None,
         }
         if validation is not None:
@@ -343,8 +384,8 @@ def iterate_rounds(
             agop_start = time.perf_counter()
             rows = agop_rows(data.n_rows, config.agop_samples, config.seed, t)
             n_used = data.n_rows if rows is None else len(rows)
-            total = op.agop_sum(xp.asarray(coef), diag=config.diag, rows=rows)
-            next_M = to_numpy(total) / n_used
+            total = op.agop_sum(xp.asarray(solved.coef), diag=config.diag, rows=rows)
+            next_M = next_metric(to_numpy(total) / n_used, config.normalize_agop)
             record["agop_seconds"] = time.perf_counter() - agop_start
             record["agop_rows"] = n_used
         record["seconds"] = time.perf_counter() - started
@@ -359,3 +400,181 @@ def iterate_rounds(
         yield RoundOutcome(round=t, machine=machine, record=record, next_M=next_M)
         if next_M is not None:
             M = next_M
+
+
+def refit_round(
+    data: TrainingData, config: RoundConfig, M: np.ndarray, round_index: int
+) -> RoundOutcome:
+    """Fit round ``round_index``'s feature matrix ``M`` on ``data`` once more (one solve, no AGOP,
+    no validation): the final model of a fit whose rounds saw only part of the rows."""
+    last = replace(config, iters=round_index)
+    return next(iterate_rounds(data, last, start_round=round_index, start_M=M))
+
+
+@dataclass
+class EarlyStopping:
+    """Best round on validation and early stopping, from the validation scores alone.
+
+    Parameters
+    ----------
+    greater_is_better : bool
+        Accuracy (True) or a loss (False).
+    n_iter_no_change : int or None
+        Stop after this many rounds without improvement over the best (None: never).
+
+    Examples
+    --------
+    >>> stop = EarlyStopping(greater_is_better=False, n_iter_no_change=2)
+    >>> [stop.observe(t, s) for t, s in enumerate([0.5, 0.4, 0.45, 0.41])]
+    [False, False, False, True]
+    >>> stop.best_round
+    1
+    """
+
+    greater_is_better: bool
+    n_iter_no_change: int | None
+    best_round: int | None = None
+    best_score: float | None = None
+    last_round: int | None = None
+
+    def improves(self, score: float) -> bool:
+        """True when ``score`` is strictly better than the best so far (or the first)."""
+        if self.best_score is None:
+            return True
+        return score > self.best_score if self.greater_is_better else score < self.best_score
+
+    def observe(self, round_index: int, score: float | None) -> bool:
+        """Take round ``round_index``'s validation score (None: no validation, every round is the
+        best); True when the rounds should stop after it."""
+        self.last_round = round_index
+        if score is None or self.improves(score):
+            self.best_round, self.best_score = round_index, score
+        return self.should_stop()
+
+    def should_stop(self) -> bool:
+        """True when the last ``n_iter_no_change`` rounds did not improve on the best."""
+        if self.n_iter_no_change is None or self.best_round is None or self.last_round is None:
+            return False
+        return self.last_round - self.best_round >= self.n_iter_no_change
+
+
+@dataclass
+class RoundsResult:
+    """What :func:`run_rounds` kept.
+
+    Attributes
+    ----------
+    best : RoundOutcome
+        The round kept (best on validation, or the last).
+    history : list of dict
+        Every round's record; the last one's ``"stopped"`` says why the rounds stopped.
+    M_history : list of numpy.ndarray
+        ``M_t`` of every round.
+    stop_reason : str
+        :data:`STOP_ITERS`, :data:`STOP_NO_CHANGE`, :data:`STOP_TIME` or :data:`STOP_CALLBACK`.
+    """
+
+    best: RoundOutcome
+    history: list[dict[str, Any]]
+    M_history: list[np.ndarray]
+    stop_reason: str
+
+
+def time_left_for_another_round(history: list[dict[str, Any]], budget: float | None) -> bool:
+    """True when another round fits ``budget`` seconds: the rounds so far plus one more of their
+    mean length (the AGOP after the last one included) end within it."""
+    if budget is None or not history:
+        return True
+    spent = sum(float(h["seconds"]) for h in history)
+    return spent + spent / len(history) <= budget
+
+
+def run_rounds(
+    data: TrainingData,
+    config: RoundConfig,
+    *,
+    greater_is_better: bool,
+    validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
+    previous: tuple[list[dict[str, Any]], list[np.ndarray], RoundOutcome, np.ndarray] | None = None,
+    on_round: Callable[[RoundOutcome, int, list[dict[str, Any]]], bool] | None = None,
+) -> RoundsResult:
+    """Run the rounds and keep the best, stopping early on validation or on the time budget.
+
+    Parameters
+    ----------
+    data : TrainingData
+    config : RoundConfig
+    greater_is_better : bool
+        How validation scores compare.
+    validation : (X_val, score), optional
+    previous : (history, M_history, best, next_M), optional
+        The committed rounds of a run being resumed, its best round and the next round's ``M``.
+    on_round : callable, optional
+        ``on_round(outcome, best_round, history)`` after each round (commit it, call the user's
+        callback); True stops the rounds after it. The round's record already says whether the
+        rounds stop after it for another reason (``"stopped"``).
+
+    Returns
+    -------
+    RoundsResult
+    """
+    history: list[dict[str, Any]] = [] if previous is None else list(previous[0])
+    M_history: list[np.ndarray] = [] if previous is None else list(previous[1])
+    best = None if previous is None else previous[2]
+    stopping = EarlyStopping(greater_is_better, config.n_iter_no_change)
+    for record in history:
+        stopping.observe(int(record["round"]), record["val_score"])
+    stop_reason = _stop_reason(stopping, history, config)
+    if stop_reason is not None or len(history) > config.iters:
+        return RoundsResult(best, history, M_history, stop_reason or STOP_ITERS)
+    iterations = [h["solve"]["iterations"] for h in history if h["solver"] == "pcg"]
+    rounds = iterate_rounds(
+        data,
+        config,
+        start_round=len(history),
+        start_M=None if previous is None else previous[3],
+        validation=validation,
+        pcg_iterations=float(iterations[-1]) if iterations else None,
+    )
+    stop_reason = STOP_ITERS
+    for outcome in rounds:
+        stopping.observe(outcome.round, outcome.record["val_score"])
+        if stopping.best_round == outcome.round:
+            best = outcome
+        history.append(outcome.record)
+        M_history.append(outcome.machine.M)
+        reason = _stop_reason(stopping, history, config)
+        if reason is not None:
+            outcome.record["stopped"] = reason
+        elif outcome.next_M is None:
+            outcome.record["stopped"] = STOP_ITERS
+        if on_round is not None and on_round(outcome, best.round, history):
+            stop_reason = reason or STOP_CALLBACK
+            outcome.record.setdefault("stopped", STOP_CALLBACK)
+            break
+        if reason is not None:
+            stop_reason = reason
+            logger.info("stopping after round %d: %s", outcome.round, _describe(reason, config))
+            break
+    return RoundsResult(best, history, M_history, stop_reason)
+
+
+def _stop_reason(
+    stopping: EarlyStopping, history: list[dict[str, Any]], config: RoundConfig
+) -> str | None:
+    """Why the rounds stop after the last recorded one before ``iters`` (None: they go on)."""
+    if not history or len(history) > config.iters:
+        return None
+    if stopping.should_stop():
+        return STOP_NO_CHANGE
+    if not time_left_for_another_round(history, config.time_budget):
+        return STOP_TIME
+    return None
+
+
+def _describe(reason: str, config: RoundConfig) -> str:
+    if reason == STOP_NO_CHANGE:
+        return f"the validation score did not improve for {config.n_iter_no_change} rounds"
+    if reason == STOP_TIME:
+        return f"another round would end past the time budget of {config.time_budget:g} s"
+    return reason

@@ -14,6 +14,7 @@ from types import ModuleType, SimpleNamespace
 
 import dask.array as da
 import numpy as np
+import psutil
 import pytest
 
 from rfmdist import RFMRegressor, backend, memory
@@ -198,12 +199,55 @@ def test_cli_gpus_selects_the_gpu_device_and_its_dtype_default():
 # --- memory budgets ---------------------------------------------------------------------------------
 
 
-def test_cpu_budgets_are_unchanged(monkeypatch):
-    monkeypatch.delenv("RFMDIST_KERNEL_CACHE_BYTES", raising=False)
+def test_cpu_budgets_follow_the_available_memory(monkeypatch):
+    """Half of what the host has available; a 3.2 GB kernel is cached on a machine with 20 GB free;
+    the fraction and the explicit cap override."""
+    for key in ("RFMDIST_KERNEL_CACHE_BYTES", "RFMDIST_MEMORY_FRACTION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 20 * GiB)
     assert memory.block_bytes("cpu") == 8 * 2**20
+    assert memory.available_bytes("cpu") == 10 * GiB
+    assert memory.cache_bytes("cpu") == 10 * GiB
+    assert 20_000**2 * 8 <= memory.cache_bytes("cpu")
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 4 * GiB)  # a busy machine
     assert memory.cache_bytes("cpu") == 2 * GiB
-    monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", "1e9")
-    assert memory.cache_bytes("cpu") == 10**9
+    monkeypatch.setenv("RFMDIST_MEMORY_FRACTION", "0.25")
+    assert memory.cache_bytes("cpu") == GiB
+    monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", "1e8")
+    assert memory.cache_bytes("cpu") == 10**8
+    monkeypatch.setenv("RFMDIST_KERNEL_CACHE_BYTES", "lots")
+    with pytest.raises(ValueError, match="Expected RFMDIST_KERNEL_CACHE_BYTES to be a number"):
+        memory.cache_bytes("cpu")
+
+
+def test_host_memory_is_capped_by_the_container_limit(monkeypatch, tmp_path):
+    """The cgroup's limit minus its usage caps psutil's available memory (v2 files, then v1)."""
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((str(limit), str(usage)),))
+    limit.write_text(f"{3 * GiB}\n")
+    usage.write_text(f"{GiB}\n")
+    assert memory.host_available_bytes() == min(2 * GiB, psutil.virtual_memory().available)
+    limit.write_text("max\n")
+    assert memory.host_available_bytes() >= psutil.virtual_memory().available // 2
+
+
+def test_workers_budget_follows_their_memory_limits():
+    """A real 2-process LocalCluster with 2 GiB per worker: each may keep half of what its process
+    does not use yet, so the two together hold between 1 and 2 GiB of kernel."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            memory_limit="2GiB",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        budget = memory.workers_cache_bytes(client)
+    assert GiB < budget <= 2 * GiB, budget / GiB
 
 
 def test_gpu_budgets_follow_free_device_memory(monkeypatch):

@@ -41,8 +41,26 @@ ENV = {
 }
 RFMDIST = [sys.executable, "-m", "rfmdist.cli"]
 # Small enough for 2 busy cores, several seconds per round so that faults land mid-fit.
-FIT_OPTIONS = ["--centers", "600", "--solver", "direct", "--iters", "4", "--seed", "0"]
-REFERENCE_PARAMS = {"centers": 600, "solver": "direct", "iters": 4, "random_state": 0}
+# All rounds run (no early stopping), so that faults land mid-fit.
+FIT_OPTIONS = [
+    "--centers",
+    "600",
+    "--solver",
+    "direct",
+    "--iters",
+    "4",
+    "--seed",
+    "0",
+    "--n-iter-no-change",
+    "none",
+]
+REFERENCE_PARAMS = {
+    "centers": 600,
+    "solver": "direct",
+    "iters": 4,
+    "random_state": 0,
+    "n_iter_no_change": None,
+}
 
 
 def stop(procs: list[subprocess.Popen]) -> None:

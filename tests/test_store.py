@@ -173,7 +173,7 @@ def test_wrong_shape(saved):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"format_version": 99}, "Expected store format version 1.*found 99"),
+        ({"format_version": 99}, "Expected store format version 1 or 2.*found 99"),
         ({"format": "something-else"}, "Expected an rfmdist store"),
         ({"completed_rounds": 5}, "Expected 5 history records"),
         ({"best_iter": 7}, "best_iter=7"),

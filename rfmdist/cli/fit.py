@@ -104,7 +104,34 @@ def register(sub: Any) -> argparse.ArgumentParser:
         help="Nyström centers: a count M, 'all' (exact system) or 'auto' (all rows up to 20,000, "
         "else 20,000 centers).",
     )
-    model.add_argument("--solver", choices=["auto", "direct", "pcg"], default="auto")
+    model.add_argument("--solver", choices=["auto", "direct", "mixed", "pcg"], default="auto")
+    model.add_argument(
+        "--normalize-agop",
+        choices=["max", "none"],
+        default=None,
+        help="Divide each AGOP by its largest entry ('max', the default) or not ('none').",
+    )
+    model.add_argument(
+        "--n-iter-no-change",
+        metavar="N|none",
+        default=None,
+        help="Early stopping: stop after N rounds without a better validation score (default: "
+        "the estimators' 2); 'none' runs all rounds.",
+    )
+    model.add_argument(
+        "--validation-fraction",
+        metavar="F|none",
+        default=None,
+        help="Without --val, the fraction of the training rows held out for early stopping "
+        "(default: the estimators' 0.1); 'none' for no split.",
+    )
+    model.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="Stop when another round would end past this many seconds of rounds.",
+    )
     model.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -244,6 +271,16 @@ def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
         "device": "gpu" if args.gpus else "cpu",
         "tf32": bool(args.tf32),
     }
+    # Options left out keep the estimators' defaults (not restated here).
+    given = {
+        "normalize_agop": (args.normalize_agop, str),
+        "n_iter_no_change": (args.n_iter_no_change, int),
+        "validation_fraction": (args.validation_fraction, float),
+        "time_budget": (args.time_budget, float),
+    }
+    for name, (text, kind) in given.items():
+        if text is not None:
+            params[name] = _none_or(str(text), kind, "--" + name.replace("_", "-"))
     if args.chunk_rows is not None and args.chunk_rows < 1:
         raise UsageError(f"Expected --chunk-rows >= 1, found {args.chunk_rows}.")
     for name, value in params.items():
@@ -257,6 +294,18 @@ def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
                 f"Expected {option} to be {expected}, found {value!r}; fix the option."
             )
     return params
+
+
+def _none_or(text: str, kind: type, option: str) -> Any:
+    """``None`` for 'none', else ``kind(text)`` (a usage error when it does not parse)."""
+    if text == "none":
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(
+            f"Expected {option} to be a {kind.__name__} or 'none', found {text!r}."
+        ) from None
 
 
 def _count_or(text: str, option: str, words: dict[str, Any]) -> Any:
@@ -339,6 +388,11 @@ def _summary(estimator: Any, args: argparse.Namespace, seconds: float) -> None:
         out.write(
             f"{h['round']:>5}  {h['train_score']:>14.6g}  {val:>12}  {h.get('seconds', 0):>8.2f}\n"
         )
+    stopped = estimator.history_[-1].get("stopped") if estimator.history_ else None
+    refit = getattr(estimator, "refit_", None)
     out.write(
-        f"best round: {estimator.best_iter_}; model written to {args.out}; {seconds:.1f} s in all\n"
+        f"best round: {estimator.best_iter_}"
+        + (f" (rounds stopped: {stopped})" if stopped else "")
+        + (f"; refitted on all {refit['rows']} rows" if refit else "")
+        + f"; model written to {args.out}; {seconds:.1f} s in all\n"
     )

@@ -1,0 +1,270 @@
+"""The linear system of one RFM round: its mat-vec, right-hand side, preconditioner and solves.
+
+Two systems, each bound to a kernel operator over the training rows (:mod:`rfmdist.operators`):
+
+- :class:`ExactSystem`: ``(K + reg I) a = Y`` with all ``n`` rows as centers; preconditioned by the
+  randomized Nyström preconditioner of ``K``;
+- :class:`NystromSystem`: ``(K_nm^T K_nm + reg K_mm) b = K_nm^T Y`` with ``m`` centers; preconditioned by
+  Falkon's.
+
+Each solves directly (Cholesky, float64; the exact system also in float32 refined to float64
+accuracy) or by preconditioned conjugate gradient (float64 iterate over
+kernel products in the kernel's dtype), optionally warm-started, and returns the coefficients, the
+training rows' predictions (without another pass where the solve gives them) and a JSON record. The
+solvers themselves know nothing of kernels (:mod:`rfmdist.solvers.cg`, :mod:`rfmdist.solvers.direct`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rfmdist.backend import get_namespace, solve_triangular
+from rfmdist.solvers.cg import Callback, conjugate_gradient
+from rfmdist.solvers.direct import cholesky_jittered, solve_direct, solve_mixed
+from rfmdist.solvers.preconditioners import CentersPreconditioner, NystromPreconditioner
+
+
+@dataclass(frozen=True)
+class PCGSettings:
+    """Settings of a conjugate-gradient solve.
+
+    Attributes
+    ----------
+    tol : float
+        Relative residual target of every column.
+    max_iter : int
+    preconditioner_rank : int
+        Sketch rank of the exact system's Nyström preconditioner.
+    seed : tuple of int
+        Seeds the preconditioner's sketch (``numpy.random.default_rng(seed)``).
+    callback : callable, optional
+        ``callback(iteration, x, relative_residuals)`` after each iteration (see
+        :func:`~rfmdist.solvers.cg.conjugate_gradient`).
+    """
+
+    tol: float
+    max_iter: int
+    preconditioner_rank: int = 500
+    seed: tuple[int, ...] = (0,)
+    callback: Callback | None = field(default=None, compare=False)
+
+
+@dataclass
+class SolveOutcome:
+    """Coefficients of a solved system and how they were obtained.
+
+    Attributes
+    ----------
+    coef : array, shape (m, c), float64
+        ``a`` (exact system, ``m = n``) or ``b`` (Nyström system).
+    train_pred : array, shape (n, c)
+        ``K(X, Z) coef``: the training rows' predictions.
+    record : dict
+        JSON-ready: solver, seconds, iterations and residuals (PCG), jitter (direct).
+    """
+
+    coef: Any
+    train_pred: Any
+    record: dict[str, Any]
+
+
+class ExactSystem:
+    """``(K + reg I) a = Y`` over all training rows.
+
+    Parameters
+    ----------
+    op : BlockedKernelOperator or DaskKernelOperator
+        The kernel of the rows against themselves.
+    Y : array, shape (n, c), float64
+        Targets, in memory (NumPy or CuPy).
+    reg : float
+    """
+
+    kind = "exact"
+
+    def __init__(self, op: Any, Y: Any, reg: float) -> None:
+        self.op = op
+        self.Y = Y
+        self.reg = float(reg)
+
+    @property
+    def n_rows(self) -> int:
+        """Number of training rows ``n``."""
+        return int(self.op.n_rows)
+
+    @property
+    def n_centers(self) -> int:
+        """Number of unknowns per output (``n``)."""
+        return self.n_rows
+
+    def matvec(self, V: Any) -> Any:
+        """``(K + reg I) V``; V shape (n, c)."""
+        return self.op.matvec(V) + self.reg * V
+
+    def rhs(self) -> Any:
+        """``Y``, shape (n, c)."""
+        return self.Y
+
+    def preconditioner(self, settings: PCGSettings) -> NystromPreconditioner:
+        """The randomized Nyström preconditioner of ``K`` (one pass with ``rank`` columns)."""
+        return NystromPreconditioner.from_matvec(
+            self.op.matvec,
+            self.n_rows,
+            rank=settings.preconditioner_rank,
+            shift=self.reg,
+            rng=np.random.default_rng(list(settings.seed)),
+            like=self.Y,
+        )
+
+    def solve_direct(self) -> SolveOutcome:
+        """Cholesky of ``K + reg I`` in float64 (the kernel gathered on the client)."""
+        # Factor in float64 whatever the kernel dtype: a float32 Cholesky of a feature-learned
+        # kernel (norm ~ n, reg 1e-3) fails or needs a jitter comparable to reg itself.
+        K = self.op.dense()
+        xp = get_namespace(K)
+        return self._outcome(solve_direct(K.astype(xp.float64, copy=False), self.Y, self.reg))
+
+    def solve_mixed(self) -> SolveOutcome:
+        """Float32 Cholesky of ``K + reg I`` refined to float64 accuracy
+        (:func:`~rfmdist.solvers.direct.solve_mixed`)."""
+        K = self.op.dense()
+        xp = get_namespace(K)
+        scratch = K if K.dtype == xp.float32 else None
+        K64 = K.astype(xp.float64, copy=False)
+        return self._outcome(solve_mixed(K64, self.Y, self.reg, scratch=scratch))
+
+    def _outcome(self, result: Any) -> SolveOutcome:
+        coef = result.x.astype(np.float64, copy=False)
+        # (K + (reg + jitter) I) a = Y, so K a = Y - (reg + jitter) a without another pass (up to
+        # the refinement's residual for the mixed solve).
+        return SolveOutcome(coef, self.Y - (self.reg + result.jitter) * coef, result.record())
+
+    def predictions(self, coef: Any) -> Any:
+        """``K coef``, shape (n, c)."""
+        return self.op.matvec(coef)
+
+
+class NystromSystem:
+    """``(K_nm^T K_nm + reg K_mm) b = K_nm^T Y`` with ``m`` centers.
+
+    Parameters
+    ----------
+    op : BlockedKernelOperator or DaskKernelOperator
+        The kernel of the rows against the centers.
+    K_mm : array, shape (m, m)
+        The kernel among the centers.
+    Y : array or dask.array.Array, shape (n, c), float64
+        Targets (a Dask array with the rows' chunks for Dask operators).
+    reg : float
+    """
+
+    kind = "nystrom"
+
+    def __init__(self, op: Any, K_mm: Any, Y: Any, reg: float) -> None:
+        self.op = op
+        self.K_mm = K_mm.astype(get_namespace(K_mm).float64)
+        self.resolution = float(np.finfo(K_mm.dtype).eps)
+        self.Y = Y
+        self.reg = float(reg)
+        self._rhs: Any = None
+
+    @property
+    def n_rows(self) -> int:
+        """Number of training rows ``n``."""
+        return int(self.op.n_rows)
+
+    @property
+    def n_centers(self) -> int:
+        """Number of centers ``m``."""
+        return int(self.K_mm.shape[0])
+
+    def matvec(self, V: Any) -> Any:
+        """``(K_nm^T K_nm + reg K_mm) V``; V shape (m, c)."""
+        return self.op.normal_matvec(V) + self.reg * (self.K_mm @ V)
+
+    def rhs(self) -> Any:
+        """``K_nm^T Y``, shape (m, c), float64 (one pass, kept)."""
+        if self._rhs is None:
+            xp = get_namespace(self.K_mm)
+            rhs = self.op.rmatvec(self.Y)
+            self._rhs = xp.asarray(rhs, dtype=np.float64)
+        return self._rhs
+
+    def preconditioner(self, settings: PCGSettings) -> CentersPreconditioner:
+        """Falkon's preconditioner from ``K_mm``."""
+        return CentersPreconditioner(self.K_mm, self.n_rows, self.reg, resolution=self.resolution)
+
+    def solve_direct(self) -> SolveOutcome:
+        """Cholesky of ``K_nm^T K_nm + reg K_mm`` (the ``m x m`` Gram matrix by one pass)."""
+        start = time.perf_counter()
+        A = self.op.gram() + self.reg * self.K_mm
+        factor, jitter = cholesky_jittered(A, 0.0, what="K_nm^T K_nm + reg K_mm")
+        rhs = self.rhs()
+        coef = solve_triangular(
+            factor, solve_triangular(factor, rhs, lower=True), lower=True, trans=True
+        )
+        record = {"solver": "direct", "jitter": jitter, "seconds": time.perf_counter() - start}
+        return SolveOutcome(coef, self.predictions(coef), record)
+
+    def predictions(self, coef: Any) -> Any:
+        """``K_nm coef``, shape (n, c)."""
+        return self.op.predict(coef)
+
+
+def solve_pcg(system: Any, settings: PCGSettings, *, x0: Any = None) -> SolveOutcome:
+    """Solve ``system`` by preconditioned conjugate gradient.
+
+    Parameters
+    ----------
+    system : ExactSystem or NystromSystem
+    settings : PCGSettings
+    x0 : array, shape (m, c), optional
+        Starting point (a warm start, e.g. the previous round's coefficients); zero by default.
+
+    Returns
+    -------
+    SolveOutcome
+        Its record holds the CG record, the preconditioner's record, ``warm_start`` and the seconds
+        spent building the preconditioner.
+    """
+    start = time.perf_counter()
+    rhs = system.rhs()
+    precond = system.preconditioner(settings)
+    precond_seconds = time.perf_counter() - start
+    if x0 is not None:
+        x0 = get_namespace(rhs).asarray(x0, dtype=rhs.dtype)
+    result = conjugate_gradient(
+        system.matvec,
+        rhs,
+        preconditioner=precond,
+        x0=x0,
+        tol=settings.tol,
+        max_iter=settings.max_iter,
+        callback=settings.callback,
+    )
+    record = (
+        result.record()
+        | precond.record()
+        | {
+            "warm_start": x0 is not None,
+            "preconditioner_seconds": precond_seconds,
+            "seconds": time.perf_counter() - start,
+        }
+    )
+    return SolveOutcome(result.x, system.predictions(result.x), record)
+
+
+def solve_system(
+    system: Any, solver: str, settings: PCGSettings, *, x0: Any = None
+) -> SolveOutcome:
+    """Solve ``system`` with ``solver`` ('direct', 'mixed' (exact systems) or 'pcg'; ``x0``
+    warm-starts PCG only)."""
+    if solver == "direct":
+        return system.solve_direct()
+    if solver == "mixed":
+        return system.solve_mixed()
+    return solve_pcg(system, settings, x0=x0)
