@@ -1,11 +1,13 @@
 """Gradients of kernel predictors and the average gradient outer product (AGOP).
 
 For a kernel machine ``f(x) = sum_i coef_i K_M(x, z_i)`` (``c`` outputs) the gradient is computed in the
-transformed space ``x' = x S`` (``S = M^{1/2}``) with two GEMMs per block and no ``n x c x d`` tensor for
-the data::
+transformed space ``x' = x S`` (``S = M^{1/2}``) with no ``n x c x d`` tensor for the data::
 
-    laplace:   grad f_c(x) = -(1/L)   S [ (Q coef)_c x' - (Q * coef_c) Z' ],  Q = K / ||x - z||_M
-    gaussian:  grad f_c(x) = -(1/L^2) S [ (Q coef)_c x' - (Q * coef_c) Z' ],  Q = K
+    laplace:   grad f_c(x) = -(1/L)   S [ (Q coef)_c x' - Q (coef_c * Z') ],  Q = K / ||x - z||_M
+    gaussian:  grad f_c(x) = -(1/L^2) S [ (Q coef)_c x' - Q (coef_c * Z') ],  Q = K
+
+where ``coef_c * Z'`` for all outputs is one ``m x (c d)`` matrix built once per pass
+(:class:`GradientOperand`), so a block's gradients are two GEMMs with its weights ``Q``
 
 (the Laplace term of a center at distance below 1e-10, the ``x = z`` singularity, is dropped).
 
@@ -18,6 +20,7 @@ which is how the Deep Neural Feature Ansatz compares a neural network's AGOP wit
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,50 @@ from rfmdist.backend import get_namespace
 from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel, prepare_kernel
 
 
-def transformed_gradients(prepared: PreparedKernel, X: Any, coef: Any) -> Any:
+@dataclass(frozen=True)
+class GradientOperand:
+    """What the gradients of ``f = K(., Z) coef`` need besides the kernel, built once per pass.
+
+    Attributes
+    ----------
+    coef : array, shape (m, c)
+        In the kernel's dtype.
+    weighted_centers : array, shape (m, c * d)
+        ``coef[j, k] * Z'[j]`` for every center ``j`` and output ``k`` (``Z'`` the transformed
+        centers), so that one GEMM with the kernel weights gives every output's center term.
+    """
+
+    coef: Any
+    weighted_centers: Any
+
+    @classmethod
+    def build(cls, prepared: PreparedKernel, coef: Any, dtype: Any = None) -> GradientOperand:
+        """From the predictor's kernel and coefficients; ``dtype`` of the GEMM (the kernel's by
+        default)."""
+        Zt = prepared.centers_t
+        dtype = Zt.dtype if dtype is None else dtype
+        coef = coef.astype(dtype, copy=False)
+        weighted = coef[:, :, None] * Zt.astype(dtype, copy=False)[:, None, :]
+        weighted = weighted.reshape(Zt.shape[0], -1)
+        return cls(coef=coef, weighted_centers=weighted)
+
+
+def gradient_weights(prepared: PreparedKernel, Xt: Any, x_sq: Any) -> Any:
+    """The kernel weights of the gradient: ``K`` (Gaussian) or ``K / ||x - z||_M`` (Laplace, 0 for
+    centers closer than :data:`~rfmdist.kernels.LAPLACE_GRADIENT_GUARD`); shape (b, m)."""
+    weights, radius, (rows, cols) = prepared.block_and_radius(Xt, x_sq)
+    if prepared.kernel == "laplace":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weights /= radius
+        # Every pair within the guard is a near pair: the x = z singularity gets weight 0.
+        singular = radius[rows, cols] < LAPLACE_GRADIENT_GUARD
+        weights[rows[singular], cols[singular]] = 0
+    return weights
+
+
+def transformed_gradients(
+    prepared: PreparedKernel, X: Any, coef: Any, operand: GradientOperand | None = None
+) -> Any:
     """Gradients of ``f = K(., Z) coef`` in the transformed space (before the final product with S).
 
     Parameters
@@ -34,28 +80,28 @@ def transformed_gradients(prepared: PreparedKernel, X: Any, coef: Any) -> Any:
     prepared : PreparedKernel
     X : array, shape (b, d)
     coef : array, shape (m, c)
+    operand : GradientOperand, optional
+        ``GradientOperand.build(prepared, coef)``, built once for many blocks.
 
     Returns
     -------
     array, shape (b, c, d)
         ``g'`` with ``grad f(x) = S g'(x)``.
     """
-    xp = get_namespace(X, coef)
+    if operand is None:
+        operand = GradientOperand.build(prepared, coef)
     Xt, x_sq = prepared.transform(X)
-    weights, radius = prepared.block_and_radius(Xt, x_sq)
-    coef = coef.astype(weights.dtype, copy=False)
-    if prepared.kernel == "laplace":
-        far = radius >= LAPLACE_GRADIENT_GUARD
-        weights = xp.where(far, weights / xp.where(far, radius, 1), 0)
-        scale = -1.0 / prepared.bandwidth
-    else:
-        scale = -1.0 / prepared.bandwidth**2
-    row_weight = weights @ coef  # (b, c)
-    n_outputs = coef.shape[1]
-    grads = xp.empty((X.shape[0], n_outputs, X.shape[1]), dtype=weights.dtype)
-    for c in range(n_outputs):
-        grads[:, c, :] = row_weight[:, c, None] * Xt - (weights * coef[:, c]) @ prepared.centers_t
-    grads *= scale
+    weights = gradient_weights(prepared, Xt, x_sq).astype(operand.coef.dtype, copy=False)
+    scale = (
+        -1.0 / prepared.bandwidth if prepared.kernel == "laplace" else -1.0 / prepared.bandwidth**2
+    )
+    b, d = Xt.shape
+    n_outputs = operand.coef.shape[1]
+    # grad_k(x) = scale * [ (sum_j w_j coef_jk) x' - sum_j w_j coef_jk z'_j ]: two GEMMs per block.
+    grads = (weights @ operand.weighted_centers).reshape(b, n_outputs, d)
+    row_weight = weights @ operand.coef  # (b, c)
+    grads -= row_weight[:, :, None] * Xt.astype(grads.dtype, copy=False)[:, None, :]
+    grads *= -scale
     return grads
 
 
@@ -110,7 +156,14 @@ def gradient_outer_product_sum(jacobians: Any, *, diag: bool = False) -> Any:
     return flat.T @ flat
 
 
-def kernel_agop_sum(prepared: PreparedKernel, X: Any, coef: Any, *, diag: bool) -> Any:
+def kernel_agop_sum(
+    prepared: PreparedKernel,
+    X: Any,
+    coef: Any,
+    *,
+    diag: bool,
+    operand: GradientOperand | None = None,
+) -> Any:
     """AGOP partial sum of the kernel predictor over a block of points, in original coordinates.
 
     Parameters
@@ -122,6 +175,8 @@ def kernel_agop_sum(prepared: PreparedKernel, X: Any, coef: Any, *, diag: bool) 
     coef : array, shape (m, c)
     diag : bool
         Return the diagonal only (for a diagonal feature matrix).
+    operand : GradientOperand, optional
+        Built once per pass (its dtype is the GEMMs').
 
     Returns
     -------
@@ -130,7 +185,7 @@ def kernel_agop_sum(prepared: PreparedKernel, X: Any, coef: Any, *, diag: bool) 
     """
     xp = get_namespace(X)
     S = prepared.S.astype(xp.float64)
-    grads = transformed_gradients(prepared, X, coef)
+    grads = transformed_gradients(prepared, X, coef, operand)
     # With a diagonal S only the diagonal of the inner sum is needed; a full S mixes coordinates.
     inner = gradient_outer_product_sum(grads, diag=diag and S.ndim == 1)
     if S.ndim == 1:

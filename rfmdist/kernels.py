@@ -62,7 +62,14 @@ def apply_metric_root(X: Any, S: Any) -> Any:
 
 
 def squared_distances(
-    Xt: Any, Zt: Any, x_sq: Any, z_sq: Any, *, scale: float = 1.0, centers_aug: Any = None
+    Xt: Any,
+    Zt: Any,
+    x_sq: Any,
+    z_sq: Any,
+    *,
+    scale: float = 1.0,
+    centers_aug: Any = None,
+    near_pairs: bool = False,
 ) -> Any:
     """Scaled squared Euclidean distances ``scale * ||x' - z'||^2`` by one GEMM.
 
@@ -81,10 +88,14 @@ def squared_distances(
         Factor applied to the distances (folded into the GEMM).
     centers_aug : array, shape (m, d + 2), optional
         ``[Zt, z_sq, 1]`` precomputed (see :class:`PreparedKernel`).
+    near_pairs : bool, default False
+        Also return the (row, column) indices of the pairs recomputed from their differences:
+        every pair closer than the GEMM's resolution is among them (coincident points included).
 
     Returns
     -------
     array, shape (b, m)
+        With ``near_pairs``: ``(distances, (rows, cols))``.
     """
     xp = get_namespace(Xt, Zt)
     if centers_aug is None:
@@ -99,15 +110,20 @@ def squared_distances(
     xp.maximum(dist, 0, out=dist)
     # Near pairs: the GEMM's absolute error is large relative to their distance; recompute them.
     # A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
-    if not dist.size:
-        return dist
-    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
-    near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
-    if near_rows.shape[0]:
-        hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
-        rows = near_rows[hits]
-        diff = Xt[rows] - Zt[cols]
-        dist[rows, cols] = scale * (diff * diff).sum(axis=1)
+    empty = xp.zeros(0, dtype=xp.int64)
+    rows, cols = empty, empty
+    if dist.size:
+        limit = scale * xp.sqrt(resolution * (x_sq + z_max))
+        # All-zero rows against all-zero centers have no resolution to speak of: every pair is near.
+        limit = xp.where(limit > 0, limit, xp.inf)
+        near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
+        if near_rows.shape[0]:
+            hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
+            rows = near_rows[hits]
+            diff = Xt[rows] - Zt[cols]
+            dist[rows, cols] = scale * (diff * diff).sum(axis=1)
+    if near_pairs:
+        return dist, (rows, cols)
     return dist
 
 
@@ -170,7 +186,7 @@ class PreparedKernel:
         Xt = apply_metric_root(X.astype(self.centers_t.dtype, copy=False), self.S)
         return Xt, (Xt * Xt).sum(axis=1)
 
-    def _scaled_distances(self, Xt: Any, x_sq: Any) -> Any:
+    def _scaled_distances(self, Xt: Any, x_sq: Any, near_pairs: bool = False) -> Any:
         return squared_distances(
             Xt,
             self.centers_t,
@@ -178,24 +194,27 @@ class PreparedKernel:
             self.centers_sq,
             scale=self.distance_scale,
             centers_aug=self.centers_aug,
+            near_pairs=near_pairs,
         )
 
-    def block_and_radius(self, Xt: Any, x_sq: Any) -> tuple[Any, Any]:
+    def block_and_radius(self, Xt: Any, x_sq: Any) -> tuple[Any, Any, tuple[Any, Any]]:
         """Kernel block of transformed rows and, for the Laplace kernel, ``||x - z||_M``.
 
         Returns
         -------
         values : array, shape (b, m)
         radius : array, shape (b, m), or None for the Gaussian kernel
+        near : (rows, cols)
+            The pairs closer than the distance GEMM resolves (see :func:`squared_distances`).
         """
         xp = get_namespace(Xt)
-        scaled = self._scaled_distances(Xt, x_sq)
+        scaled, near = self._scaled_distances(Xt, x_sq, near_pairs=True)
         if self.kernel == "laplace":
             root = xp.sqrt(scaled, out=scaled)  # ||x - z||_M / L
-            values = xp.exp(-root)
+            values = xp.exp(xp.negative(root))
             root *= self.bandwidth
-            return values, root
-        return xp.exp(xp.negative(scaled, out=scaled), out=scaled), None
+            return values, root, near
+        return xp.exp(xp.negative(scaled, out=scaled), out=scaled), None, near
 
     def block(self, X: Any) -> Any:
         """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m), computed in place."""

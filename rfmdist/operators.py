@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist import memory
-from rfmdist.agop import kernel_agop_sum
+from rfmdist.agop import GradientOperand, kernel_agop_sum
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel
 from rfmdist.threads import (
@@ -49,6 +49,18 @@ BLOCK_BYTES = memory.CPU_BLOCK_BYTES
 def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows per block so that one ``b x m`` kernel block takes about ``block_bytes``."""
     return max(64, block_bytes // max(1, n_centers * itemsize))
+
+
+# Bytes of the (m, c x d) weighted centers of an AGOP pass; more outputs go in several groups.
+AGOP_OPERAND_BYTES = 256 * 2**20
+
+
+def output_groups(prepared: PreparedKernel, n_outputs: int) -> list[slice]:
+    """Slices of the outputs whose AGOP operand (``m x c' x d``) fits :data:`AGOP_OPERAND_BYTES`."""
+    m, d = prepared.centers_t.shape
+    per_output = max(1, m * d * np.dtype(prepared.centers_t.dtype).itemsize)
+    size = max(1, min(n_outputs, AGOP_OPERAND_BYTES // per_output))
+    return [slice(start, min(start + size, n_outputs)) for start in range(0, n_outputs, size)]
 
 
 # A broadcast to a worker that just died can wait forever; past this the kernel travels in the graph.
@@ -182,7 +194,7 @@ class BlockedKernelOperator:
         total = ordered_sum(self._map(lambda rows, K: _block_normal(K, None)))
         return total.astype(get_namespace(total).float64, copy=False)
 
-    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
+    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sum over (a subset of) the rows.
 
         Parameters
@@ -191,21 +203,34 @@ class BlockedKernelOperator:
         diag : bool
         rows : array of int, optional
             Row indices (sorted) at which the gradients are taken; all rows by default.
+        gemm_dtype : dtype, optional
+            Dtype of the gradients' GEMMs (the kernel's by default); their outer products are
+            summed in float64 either way.
 
         Returns
         -------
         array, shape (d, d) or (d,); float64
         """
         X = self.X if rows is None else self.X[rows]
-        # The gradient holds a few (b x m) temporaries and a (b x c x d) tensor: smaller blocks.
+        # A block's gradient holds a few (b x m) temporaries and a (b x c x d) tensor.
         step = max(16, self.block_rows // 4)
-        starts = range(0, X.shape[0], step)
-        parts = map_blocks(
-            lambda start: kernel_agop_sum(self.prepared, X[start : start + step], coef, diag=diag),
-            starts,
-            self.workers,
-        )
-        return ordered_sum(parts)
+        total = None
+        for outputs in output_groups(self.prepared, coef.shape[1]):
+            operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
+            parts = map_blocks(
+                lambda start, operand=operand, outputs=outputs: kernel_agop_sum(
+                    self.prepared,
+                    X[start : start + step],
+                    coef[:, outputs],
+                    diag=diag,
+                    operand=operand,
+                ),
+                range(0, X.shape[0], step),
+                self.workers,
+            )
+            part = ordered_sum(parts)
+            total = part if total is None else total + part
+        return total
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
@@ -395,8 +420,9 @@ class DaskKernelOperator:
 
         return self._tree_sum(build)
 
-    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None) -> Any:
-        """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)."""
+    def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
+        """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)
+        (``gemm_dtype`` as for :meth:`BlockedKernelOperator.agop_sum`)."""
         import dask.array as da
 
         X = self.X if rows is None else self.X[rows]
@@ -411,6 +437,7 @@ class DaskKernelOperator:
                 self._shared,
                 coef,
                 diag=diag,
+                gemm_dtype=gemm_dtype,
                 new_axis=[2] if not diag else [],
                 chunks=((1,) * n_chunks, *((s,) for s in shape)),
                 dtype=np.float64,
@@ -462,8 +489,11 @@ def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) ->
     return _chunk_operator(chunk, prepared, cached).rmatvec(U)[None]
 
 
-def _agop_task(x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool) -> Any:
-    return BlockedKernelOperator(x_block, prepared, workers=1).agop_sum(coef, diag=diag)[None]
+def _agop_task(
+    x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool, gemm_dtype: Any
+) -> Any:
+    op = BlockedKernelOperator(x_block, prepared, workers=1)
+    return op.agop_sum(coef, diag=diag, gemm_dtype=gemm_dtype)[None]
 
 
 def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:

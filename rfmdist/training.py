@@ -46,6 +46,10 @@ AUTO_CENTERS = 20_000
 SMALL_EXACT_ROWS = 2_000
 
 SOLVERS: tuple[str, ...] = ("auto", "direct", "mixed", "pcg")
+# The GEMMs of a round's AGOP run in float32; the gradients' outer products are summed in float64.
+# Measured on four real sets (5 rounds, float64 kernels): test scores equal to 1e-6 relative, and the
+# AGOP of 8x8 digits on a 14x14 canvas (d = 196, 10 classes) 1.8x faster.
+AGOP_GEMM_DTYPE = "float32"
 
 # Why the rounds stopped (the last record's "stopped").
 STOP_ITERS = "iters"
@@ -277,7 +281,7 @@ def choose_solver(
         cache_bytes=cache_budget(config, on_workers=is_dask_array(data.X)),
         rank=config.preconditioner_rank,
     )
-    rates = costs.measured_rates(config.device, blas_threads())
+    rates = costs.measured_rates(config.device, blas_threads(), np.dtype(config.dtype).name)
     choice = costs.choose(
         problem,
         rates,
@@ -384,7 +388,9 @@ def iterate_rounds(
             agop_start = time.perf_counter()
             rows = agop_rows(data.n_rows, config.agop_samples, config.seed, t)
             n_used = data.n_rows if rows is None else len(rows)
-            total = op.agop_sum(xp.asarray(solved.coef), diag=config.diag, rows=rows)
+            total = op.agop_sum(
+                xp.asarray(solved.coef), diag=config.diag, rows=rows, gemm_dtype=AGOP_GEMM_DTYPE
+            )
             next_M = next_metric(to_numpy(total) / n_used, config.normalize_agop)
             record["agop_seconds"] = time.perf_counter() - agop_start
             record["agop_rows"] = n_used

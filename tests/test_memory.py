@@ -1,7 +1,8 @@
 """Peak memory of the out-of-core path: the n x m kernel is never held whole.
 
 A fit with 2,000 Nyström centers on n = 200,000 rows, d = 20 (float64) would need 3.2 GB for the
-``n x m`` kernel. The fit runs in a fresh subprocess that reports its own peak RSS (VmHWM), as
+``n x m`` kernel; the fit streams it (``cache_kernel=False``; by default it would be cached where
+the memory allows). The fit runs in a fresh subprocess that reports its own peak RSS (VmHWM), as
 Falkon's memory checker does; the bound below is a quarter of the kernel's size.
 """
 
@@ -37,7 +38,8 @@ rng = np.random.default_rng(0)
 X = rng.normal(size=({N}, {D}))
 y = X[:, 0] * X[:, 1]
 before = peak_rss()
-model = RFMRegressor(iters=0, centers={M}, max_iter=2, random_state=0)
+model = RFMRegressor(iters=0, centers={M}, max_iter=2, random_state=0, solver="pcg",
+                     cache_kernel=False)
 model.fit(X, y)
 peak = peak_rss()
 print(json.dumps({{"before": before, "peak": peak, "cached": model.history_[0]["cached_kernel"],

@@ -93,9 +93,9 @@ def register(sub: Any) -> argparse.ArgumentParser:
     model.add_argument("--diag", action="store_true", help="Learn a diagonal feature matrix.")
     model.add_argument(
         "--agop-samples",
-        default="20000",
+        default=None,
         metavar="N|all",
-        help="Rows sampled per round for the AGOP (20000), or 'all'.",
+        help="Rows sampled per round for the AGOP (default: the estimators' 5000), or 'all'.",
     )
     model.add_argument(
         "--centers",
@@ -263,7 +263,6 @@ def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
         "reg": args.reg,
         "iters": args.iters,
         "diag": args.diag,
-        "agop_samples": _count_or(args.agop_samples, "--agop-samples", {"all": None}),
         "centers": _count_or(args.centers, "--centers", {"all": None, "auto": "auto"}),
         "solver": args.solver,
         "dtype": args.dtype,
@@ -272,6 +271,8 @@ def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
         "tf32": bool(args.tf32),
     }
     # Options left out keep the estimators' defaults (not restated here).
+    if args.agop_samples is not None:
+        params["agop_samples"] = _count_or(args.agop_samples, "--agop-samples", {"all": None})
     given = {
         "normalize_agop": (args.normalize_agop, str),
         "n_iter_no_change": (args.n_iter_no_change, int),

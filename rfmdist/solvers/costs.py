@@ -1,7 +1,7 @@
 """What a round's solve costs: the seconds and bytes of each way to solve it, on the device at hand.
 
 The rates come from short calibration runs, once per process, device and BLAS thread budget
-(:func:`measured_rates`, about 0.2 s): GEMM flop rates in float32 and float64 (a large Cholesky runs at
+(:func:`measured_rates`, about 0.3 s): GEMM flop rates in float32 and float64 (a large Cholesky runs at
 :data:`CHOLESKY_EFFICIENCY` of it), the cost of
 one kernel entry beyond its distance GEMM (clamp, square root, exponential) with the pass's threads,
 and the bytes per second of a pass that streams a cached kernel. The estimates below count, for ``n``
@@ -281,9 +281,11 @@ CALIBRATION_D = 8
 # Flop rate of a large Cholesky factorisation over that of a large GEMM (LAPACK potrf; measured on
 # 2 cores at n = 5,000-8,000: 0.72-0.75 in float64 and float32, one thread and two).
 CHOLESKY_EFFICIENCY = 0.7
+# Bytes of the array whose product with a vector measures the streaming rate.
+STREAM_BYTES = 96 * 2**20
 
 
-def _timed(func: Any, sync: Any, repeats: int = 3) -> float:
+def _timed(func: Any, sync: Any, repeats: int = 2) -> float:
     """Best of ``repeats`` wall times of ``func()`` (after a warm-up call)."""
     func()
     sync()
@@ -297,7 +299,7 @@ def _timed(func: Any, sync: Any, repeats: int = 3) -> float:
 
 
 @functools.cache
-def measured_rates(device: str, threads: int) -> Rates:
+def measured_rates(device: str, threads: int, dtype: str = "float64") -> Rates:
     """Calibrate the rates of ``device`` with ``threads`` BLAS threads (cached per process).
 
     Parameters
@@ -305,6 +307,8 @@ def measured_rates(device: str, threads: int) -> Rates:
     device : {'cpu', 'gpu'}
     threads : int
         The BLAS thread budget in force (part of the cache key: the rates depend on it).
+    dtype : str
+        The kernel's dtype, whose per-entry cost is measured.
     """
     from rfmdist.backend import synchronize, working_namespace
     from rfmdist.kernels import prepare_kernel
@@ -313,7 +317,7 @@ def measured_rates(device: str, threads: int) -> Rates:
     xp = working_namespace(device)
     sync = functools.partial(synchronize, xp)
     rng = np.random.default_rng(0)
-    gemm, cholesky, entry = {}, {}, {}
+    gemm, cholesky = {}, {}
     size = 1024 if device == "cpu" else 4096
     for name in ("float32", "float64"):
         A = xp.asarray(rng.standard_normal((size, size)), dtype=name)
@@ -321,11 +325,12 @@ def measured_rates(device: str, threads: int) -> Rates:
         # A Cholesky of this size is far from its large-n rate; large ones run at a fixed fraction
         # of the GEMM rate.
         cholesky[name] = CHOLESKY_EFFICIENCY * gemm[name]
-        X = xp.asarray(rng.standard_normal((4 * size, CALIBRATION_D)), dtype=name)
-        prepared = prepare_kernel(X[:size], xp.eye(CALIBRATION_D, dtype=name), bandwidth=10.0)
-        op = BlockedKernelOperator(X, prepared)
-        entry[name] = _timed(op.dense, sync) / (4 * size * size)
-    big = xp.ones((4 * size, size), dtype="float64")
+    X = xp.asarray(rng.standard_normal((2 * size, CALIBRATION_D)), dtype=dtype)
+    prepared = prepare_kernel(X[:size], xp.eye(CALIBRATION_D, dtype=dtype), bandwidth=10.0)
+    kernel = BlockedKernelOperator(X, prepared).dense
+    entry = {dtype: _timed(kernel, sync) / (2 * size * size)}
+    # Larger than the caches: a cached kernel is read from memory.
+    big = xp.full((STREAM_BYTES // (8 * size), size), 1.0, dtype="float64")
     vector = xp.ones((size, 1), dtype="float64")
     stream = big.nbytes / _timed(lambda: big @ vector, sync)
     return Rates(gemm=gemm, cholesky=cholesky, entry=entry, stream=stream)
