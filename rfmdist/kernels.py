@@ -20,7 +20,7 @@ Every function takes NumPy or CuPy arrays and returns arrays of the same namespa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -180,6 +180,15 @@ class PreparedKernel:
         """Factor folded into the squared distances: ``1/L^2`` (Laplace) or ``1/(2 L^2)`` (Gaussian)."""
         factor = 1.0 if self.kernel == "laplace" else 2.0
         return 1.0 / (factor * self.bandwidth**2)
+
+    def subset(self, rows: Any) -> PreparedKernel:
+        """The same kernel with only the centers ``rows`` (an index array), shape (r,)."""
+        return replace(
+            self,
+            centers_t=self.centers_t[rows],
+            centers_sq=self.centers_sq[rows],
+            centers_aug=self.centers_aug[rows],
+        )
 
     def transform(self, X: Any) -> tuple[Any, Any]:
         """Transformed rows ``X S`` and their squared norms; shapes (b, d) and (b,)."""

@@ -105,6 +105,9 @@ class BlockedKernelOperator:
     workers : int, optional
         Threads running the blocks of a pass (CPU only). By default the BLAS thread budget in force,
         capped by the cores (:func:`rfmdist.threads.block_workers`); the Dask tasks pass 1.
+    workspace : Workspace, optional
+        Where :meth:`dense` writes the whole kernel (the array ``"kernel"``, reused by the next
+        round's operator: no page faults for a fresh ``n x m`` array).
     """
 
     def __init__(
@@ -116,9 +119,11 @@ class BlockedKernelOperator:
         block_rows: int | None = None,
         kernel: Any = None,
         workers: int | None = None,
+        workspace: memory.Workspace | None = None,
     ) -> None:
         self.X = X
         self.prepared = prepared
+        self.workspace = workspace
         self.cache = cache or kernel is not None
         device = memory.device_of(prepared.centers_t)
         if device == "gpu":
@@ -160,7 +165,12 @@ class BlockedKernelOperator:
         if self._cached is not None:
             return self._cached
         xp = get_namespace(self.X)
-        out = xp.empty((self.n_rows, self.prepared.n_centers), dtype=self.prepared.centers_t.dtype)
+        shape, dtype = (self.n_rows, self.prepared.n_centers), self.prepared.centers_t.dtype
+        out = (
+            xp.empty(shape, dtype=dtype)
+            if self.workspace is None
+            else self.workspace.array("kernel", shape, dtype, xp)
+        )
 
         def fill(rows: slice) -> None:
             out[rows] = self.prepared.block(self.X[rows])
@@ -168,8 +178,29 @@ class BlockedKernelOperator:
         map_blocks(fill, self._slices(), self.workers)
         return out
 
+    def columns(self, centers: Any) -> Any:
+        """``K(X, Z[centers])``, shape (n, r): the kernel's columns of the given centers (from the
+        cache when it is filled, else one pass against those centers only)."""
+        if self._cached is not None:
+            return self._cached[:, centers]
+        return BlockedKernelOperator(
+            self.X, self.prepared.subset(centers), workers=self.workers
+        ).dense()
+
+    def _whole(self) -> Any:
+        """The cached kernel when passes may use it whole (one BLAS call on the BLAS threads is
+        faster than a Python loop over row blocks), else None."""
+        if not self.cache:
+            return None
+        if self._cached is None:
+            self._cached = self.dense()
+        return self._cached
+
     def matvec(self, V: Any) -> Any:
         """``K(X, Z) V``; V shape (m, c), result (n, c) in V's dtype."""
+        K = self._whole()
+        if K is not None:
+            return _block_matvec(K, V).astype(V.dtype, copy=False)
         xp = get_namespace(V)
         out = xp.empty((self.n_rows, V.shape[1]), dtype=V.dtype)
 
@@ -181,11 +212,17 @@ class BlockedKernelOperator:
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U shape (n, c), result (m, c) in U's dtype."""
+        K = self._whole()
+        if K is not None:
+            return _block_rmatvec(K, U).astype(U.dtype, copy=False)
         parts = self._map(lambda rows, K: _block_rmatvec(K, U[rows]))
         return ordered_sum(parts).astype(U.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
         """``K^T (K V)``; V shape (m, c), result (m, c) in V's dtype."""
+        K = self._whole()
+        if K is not None:
+            return _block_normal(K, V).astype(V.dtype, copy=False)
         parts = self._map(lambda rows, K: _block_normal(K, V))
         return ordered_sum(parts).astype(V.dtype, copy=False)
 
@@ -301,6 +338,12 @@ class DaskKernelOperator:
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)`` gathered on the client, shape (n, m) (for direct solves)."""
         return self._compute(self._kernel_array)
+
+    def columns(self, centers: Any) -> Any:
+        """``K(X, Z[centers])`` gathered on the client, shape (n, r) (one pass against those
+        centers only)."""
+        subset = self.prepared.subset(centers)
+        return DaskKernelOperator(self.X, subset, split_every=self.split_every).dense()
 
     def _compute(self, build: Callable[[], Any]) -> Any:
         """Compute the collection that ``build()`` makes from the current shared kernel.

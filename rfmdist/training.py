@@ -134,6 +134,8 @@ class TrainingData:
         Feature preprocessing already applied to ``X``.
     target_scaling : Standardizer
         Standardisation already applied to ``Y`` (identity for classification).
+    workspace : Workspace
+        The large arrays the rounds reuse (see :class:`rfmdist.memory.Workspace`).
     """
 
     X: Any
@@ -144,6 +146,7 @@ class TrainingData:
     preprocessing: Standardizer
     target_scaling: Standardizer = field(default_factory=Standardizer)
     Y_client: Any = field(default=None)
+    workspace: memory.Workspace = field(default_factory=memory.Workspace)
 
     @property
     def n_rows(self) -> int:
@@ -162,7 +165,7 @@ class TrainingData:
         """A kernel operator over the training rows."""
         if is_dask_array(self.X):
             return DaskKernelOperator(self.X, prepared, cache=cache, split_every=split_every)
-        return BlockedKernelOperator(self.X, prepared, cache=cache)
+        return BlockedKernelOperator(self.X, prepared, cache=cache, workspace=self.workspace)
 
     def targets_on_client(self) -> Any:
         """``Y`` as a float64 in-memory array (computed once for Dask data)."""
@@ -221,9 +224,10 @@ def next_metric(agop: np.ndarray, normalize: str | None) -> np.ndarray:
     return agop / top if top > 0 else agop
 
 
-def memory_budget(config: RoundConfig) -> int:
-    """Bytes a solve may add where it runs (the client process or its GPU)."""
-    return memory.available_bytes(config.device)
+def memory_budget(config: RoundConfig, data: TrainingData) -> int:
+    """Bytes a solve may use where it runs (the client process or its GPU), counting the arrays the
+    previous rounds left in the workspace for it to reuse."""
+    return memory.available_bytes(config.device) + data.workspace.nbytes
 
 
 def use_cache(config: RoundConfig, n: int, m: int, *, on_workers: bool = False) -> bool:
@@ -286,7 +290,7 @@ def choose_solver(
         problem,
         rates,
         iterations=costs.PRIOR_ITERATIONS[kind] if iterations is None else iterations,
-        memory_bytes=memory_budget(config),
+        memory_bytes=memory_budget(config, data),
         allowed=("direct", "mixed", "pcg") if exact else ("direct", "pcg"),
     )
     return choice.solver, choice.record()
@@ -297,7 +301,7 @@ def build_system(
 ) -> ExactSystem | NystromSystem:
     """The round's linear system over ``op``."""
     if data.exact:
-        return ExactSystem(op, data.targets_on_client(), config.reg)
+        return ExactSystem(op, data.targets_on_client(), config.reg, data.workspace)
     Y = data.Y if is_dask_array(data.X) else data.targets_on_client()
     return NystromSystem(op, prepared.block(data.centers), Y, config.reg)
 

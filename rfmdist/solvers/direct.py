@@ -141,16 +141,18 @@ def _restore_lower_triangle(A: np.ndarray, diagonal: np.ndarray, block: int = 10
     A[np.arange(n), np.arange(n)] = diagonal
 
 
-def solve_direct(K: Any, B: Any, reg: float) -> DirectResult:
+def solve_direct(K: Any, B: Any, reg: float, *, overwrite: bool = False) -> DirectResult:
     """Solve ``(K + reg I) x = B`` by Cholesky factorisation (jittered if needed).
 
     Parameters
     ----------
     K : array, shape (n, n)
-        Symmetric positive semi-definite matrix; left intact.
+        Symmetric positive semi-definite matrix; left intact unless ``overwrite``.
     B : array, shape (n, c)
     reg : float
         Ridge ``lambda >= 0`` added to the diagonal.
+    overwrite : bool, default False
+        Factor ``K`` in place (no ``n x n`` copy; NumPy).
 
     Returns
     -------
@@ -159,7 +161,7 @@ def solve_direct(K: Any, B: Any, reg: float) -> DirectResult:
     start = time.perf_counter()
     if B.shape[0] != K.shape[0]:
         raise ValueError(f"Expected B with as many rows as K, found K {K.shape} and B {B.shape}.")
-    factor, jitter = cholesky_jittered(K, reg)
+    factor, jitter = cholesky_jittered(K, reg, overwrite=overwrite)
     B = B.astype(K.dtype, copy=False)
     x = solve_triangular(factor, solve_triangular(factor, B, lower=True), lower=True, trans=True)
     return DirectResult(x=x, jitter=jitter, seconds=time.perf_counter() - start)

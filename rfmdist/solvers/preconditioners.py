@@ -81,12 +81,40 @@ class NystromPreconditioner:
         omega = xp.asarray(rng.standard_normal((n, rank)), dtype=like.dtype)
         omega = _orthonormal_columns(omega)
         sketch = matvec(omega)
-        eps = float(np.finfo(like.dtype).eps)
-        nu = eps * float(xp.linalg.norm(sketch)) * np.sqrt(n)
+        nu = _stability_shift(sketch)
         sketch = sketch + nu * omega
-        factor, _ = cholesky_jittered(
-            (omega.T @ sketch + sketch.T @ omega) / 2, 0.0, what="the Nystrom sketch core"
-        )
+        core = (omega.T @ sketch + sketch.T @ omega) / 2
+        return cls._from_sketch(sketch, core, nu, shift)
+
+    @classmethod
+    def from_columns(cls, columns: Any, rows: Any, *, shift: float) -> NystromPreconditioner:
+        """The Nyström preconditioner from ``r`` columns of ``K``: the sketch whose test matrix
+        selects the columns ``rows`` (the columns are the kernel of all rows against those rows,
+        ``n r`` entries, instead of a product with ``n^2 r`` flops).
+
+        Parameters
+        ----------
+        columns : array, shape (n, r)
+            ``K[:, rows]``.
+        rows : array of int, shape (r,)
+            Distinct row indices.
+        shift : float
+        """
+        xp = get_namespace(columns)
+        r = columns.shape[1]
+        rows = xp.asarray(rows)
+        nu = _stability_shift(columns)
+        sketch = columns.copy()
+        sketch[rows, xp.arange(r)] += nu
+        core = sketch[rows]
+        return cls._from_sketch(sketch, (core + core.T) / 2, nu, shift)
+
+    @classmethod
+    def _from_sketch(cls, sketch: Any, core: Any, nu: float, shift: float) -> NystromPreconditioner:
+        """From the shifted sketch ``Y = (K + nu I) Omega`` and its core ``Omega^T Y`` (Tropp et
+        al. 2017's stable Nyström approximation ``Y core^{-1} Y^T``, less the shift ``nu``)."""
+        xp = get_namespace(sketch)
+        factor, _ = cholesky_jittered(core, 0.0, what="the Nystrom sketch core")
         basis = solve_triangular(factor, sketch.T, lower=True).T  # sketch @ factor^{-T}
         # The left singular vectors of the basis from the eigendecomposition of its r x r Gram
         # matrix (an SVD of the n x r basis costs ~10x more); directions whose squared singular
@@ -103,7 +131,7 @@ class NystromPreconditioner:
         eigenvalues = xp.clip(squared - nu, 0, None)
         logger.debug(
             "Nystrom preconditioner: rank %d, eigenvalues %.3g .. %.3g, shift %.3g",
-            rank,
+            U.shape[1],
             float(eigenvalues[0]),
             float(eigenvalues[-1]),
             shift,
@@ -122,6 +150,13 @@ class NystromPreconditioner:
             "top_eigenvalue": float(self.eigenvalues[0]),
             "floor_eigenvalue": float(self.eigenvalues[-1]),
         }
+
+
+def _stability_shift(sketch: Any) -> float:
+    """The shift ``nu = eps ||Y|| sqrt(n)`` that keeps a Nyström sketch's core positive definite."""
+    xp = get_namespace(sketch)
+    eps = float(np.finfo(sketch.dtype).eps)
+    return eps * float(xp.linalg.norm(sketch)) * np.sqrt(sketch.shape[0])
 
 
 def _orthonormal_columns(A: Any) -> Any:

