@@ -221,7 +221,14 @@ def run_xrfm(python: str, data: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         task_path, out = Path(tmp) / "task.npz", Path(tmp) / "out.json"
         np.savez(task_path, **arrays, task=np.array(data["task"]))
-        subprocess.run([python, str(runner), str(task_path), "default", str(out)], check=True)
+        start = time.perf_counter()
+        done = subprocess.run([python, str(runner), str(task_path), "default", str(out)])
+        if done.returncode != 0:
+            # e.g. killed by the kernel for memory (its AGOP holds n x m x d tensors)
+            reason = (
+                "killed (out of memory)" if done.returncode == -9 else f"exit {done.returncode}"
+            )
+            return {"error": reason, "seconds": time.perf_counter() - start}
         result = json.loads(out.read_text())
     return {"seconds": result["seconds"], "test_score": result["test_score"]}
 
@@ -251,7 +258,7 @@ def verdict(task: str, name: str, rows: dict[str, dict[str, Any]]) -> dict[str, 
     else:
         bar = min(lap)
         out["score_vs_laplace"] = ours["test_score"] <= bar * (1 + MSE_TOLERANCE)
-    if "xRFM 0.4.5 defaults" in rows:
+    if "xRFM 0.4.5 defaults" in rows and "error" not in rows["xRFM 0.4.5 defaults"]:
         theirs = rows["xRFM 0.4.5 defaults"]
         if task == "classification":
             out["score_vs_xrfm"] = ours["test_score"] >= theirs["test_score"] - ACCURACY_TOLERANCE
@@ -324,6 +331,7 @@ def report(results: list[dict[str, Any]]) -> str:
         metric = "acc" if entry["task"] == "classification" else "MSE"
         ours = rows["rfmdist defaults"]
         xr = rows.get("xRFM 0.4.5 defaults")
+        failed = xr is not None and "error" in xr
         lines.append(
             [
                 entry["set"],
@@ -333,7 +341,7 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{ours['test_score']:.5g}",
                 f"{ours['seconds']:.1f}",
                 f"{ours['best_round']}/{ours['rounds']}",
-                "-" if xr is None else f"{xr['test_score']:.5g}",
+                "-" if xr is None else xr["error"] if failed else f"{xr['test_score']:.5g}",
                 "-" if xr is None else f"{xr['seconds']:.1f}",
                 f"{rows['Laplace raw']['test_score']:.5g}",
                 f"{rows['Laplace z']['test_score']:.5g}",

@@ -9,6 +9,7 @@ committed to a Zarr store (:mod:`rfmdist.store`) from which an interrupted fit r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import numbers
 import os
@@ -56,6 +57,7 @@ from rfmdist.kernels import KERNELS
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import active_client, chunk_rows_for
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
+from rfmdist.solvers import costs
 from rfmdist.store import (
     RunHeader,
     RunPlan,
@@ -616,6 +618,7 @@ class _RFMBase(BaseEstimator):
             X, Y, preprocessing, self._train_truth, self.seed_, config, centers=centers
         )
         full.target_scaling = data.target_scaling
+        full.rates = data.rates
         started = time.perf_counter()
         outcome = refit_round(full, config, self.M_, self.best_iter_)
         self.refit_ = outcome.record | {
@@ -682,10 +685,14 @@ class _RFMBase(BaseEstimator):
 
         def on_round(outcome: RoundOutcome, best_round: int, history: list[dict]) -> bool:
             if writer is not None:
+                rates = None if data.rates is None else dataclasses.asdict(data.rates)
                 writer.commit_round(
-                    outcome.round, outcome.machine.coef, outcome.next_M, best_round, history
+                    outcome.round, outcome.machine.coef, outcome.next_M, best_round, history, rates
                 )
             return callback is not None and bool(callback(outcome))
+
+        if previous is not None and previous.attrs.get("rates") is not None:
+            data.rates = costs.Rates(**previous.attrs["rates"])
 
         result = run_rounds(
             data,

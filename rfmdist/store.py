@@ -557,6 +557,7 @@ class RunWriter:
         next_M: np.ndarray | None,
         best_iter: int,
         history: list[dict[str, Any]],
+        rates: dict[str, Any] | None = None,
     ) -> None:
         """Write round ``t``'s arrays, then commit it by rewriting the attributes.
 
@@ -571,6 +572,9 @@ class RunWriter:
             Best round so far (``<= t``).
         history : list of dict
             Records of rounds ``0 .. t``.
+        rates : dict, optional
+            The cost model's measured rates (attribute ``rates``), for a resume to choose solvers
+            as this run does.
         """
         coef = np.asarray(coef, dtype=np.float64)
         if "checkpoint/coef" in self.group:
@@ -590,7 +594,8 @@ class RunWriter:
             history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
         _write_attributes(
             self.group,
-            {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)},
+            {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)}
+            | ({} if rates is None else {"rates": json_safe(rates)}),
         )
 
     def commit_refit(self, centers: np.ndarray, coef: np.ndarray, record: dict[str, Any]) -> None:

@@ -136,6 +136,9 @@ class TrainingData:
         Standardisation already applied to ``Y`` (identity for classification).
     workspace : Workspace
         The large arrays the rounds reuse (see :class:`rfmdist.memory.Workspace`).
+    rates : Rates or None
+        The device's rates for the cost model: measured at the first choice, or those of the run
+        being resumed (stored with it), so that a resumed run chooses as the uninterrupted one.
     """
 
     X: Any
@@ -147,6 +150,7 @@ class TrainingData:
     target_scaling: Standardizer = field(default_factory=Standardizer)
     Y_client: Any = field(default=None)
     workspace: memory.Workspace = field(default_factory=memory.Workspace)
+    rates: costs.Rates | None = None
 
     @property
     def n_rows(self) -> int:
@@ -249,7 +253,7 @@ def cache_budget(config: RoundConfig, *, on_workers: bool = False) -> int:
 
 def choose_solver(
     config: RoundConfig, data: TrainingData, m: int, iterations: float | None
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], costs.Choice | None]:
     """The round's solver and the record of how it was chosen.
 
     ``solver='auto'`` asks the cost model (:func:`rfmdist.solvers.costs.choose`) for the fastest
@@ -263,17 +267,17 @@ def choose_solver(
     solver : {'direct', 'mixed', 'pcg'}
     record : dict
         JSON-ready (``history_[t]["solver_choice"]``).
+    choice : Choice or None
+        The cost model's choice (None when it was not asked).
     """
     exact = data.exact
     if config.solver != "auto":
         solver = "direct" if config.solver == "mixed" and not exact else config.solver
-        return solver, {"chosen": solver, "reason": "as requested"}
+        return solver, {"chosen": solver, "reason": "as requested"}, None
     n = data.n_rows
     if exact and n <= SMALL_EXACT_ROWS:
-        return "direct", {
-            "chosen": "direct",
-            "reason": f"exact system of at most {SMALL_EXACT_ROWS} rows",
-        }
+        reason = f"exact system of at most {SMALL_EXACT_ROWS} rows"
+        return "direct", {"chosen": "direct", "reason": reason}, None
     kind = "exact" if exact else "nystrom"
     problem = costs.Problem(
         n=n,
@@ -285,7 +289,11 @@ def choose_solver(
         cache_bytes=cache_budget(config, on_workers=is_dask_array(data.X)),
         rank=config.preconditioner_rank,
     )
-    rates = costs.measured_rates(config.device, blas_threads(), np.dtype(config.dtype).name)
+    if data.rates is None:
+        data.rates = costs.measured_rates(
+            config.device, blas_threads(), np.dtype(config.dtype).name
+        )
+    rates = data.rates
     choice = costs.choose(
         problem,
         rates,
@@ -293,7 +301,46 @@ def choose_solver(
         memory_bytes=memory_budget(config, data),
         allowed=("direct", "mixed", "pcg") if exact else ("direct", "pcg"),
     )
-    return choice.solver, choice.record()
+    return choice.solver, choice.record(), choice
+
+
+def solve_with_watch(
+    system: Any, solver: str, settings: PCGSettings, choice: costs.Choice | None
+) -> tuple[Any, float | None]:
+    """Solve the round's system; a PCG solve chosen by the cost model switches to its fallback
+    factorisation when :class:`~rfmdist.solvers.costs.PCGWatch` predicts it would cost more.
+
+    Returns
+    -------
+    solved : SolveOutcome
+    iterations : float or None
+        CG iterations the system took or (when PCG was abandoned) was predicted to need: what the
+        next round's estimate assumes. None when no PCG ran.
+    """
+    if solver != "pcg" or choice is None or choice.fallback is None:
+        solved = solve_system(system, solver, settings)
+        return solved, float(solved.record["iterations"]) if solver == "pcg" else None
+    watch = costs.PCGWatch(
+        tol=settings.tol,
+        fallback_seconds=choice.fallback.seconds,
+        iteration_seconds=choice.iteration_seconds,
+    )
+    solved = solve_system(system, "pcg", replace(settings, callback=watch))
+    if watch.stopped is None:
+        return solved, float(solved.record["iterations"])
+    stop = watch.stopped
+    logger.info(
+        "PCG stopped after %d iterations: %.0f more predicted (%.1f s), more than %s's %.1f s",
+        stop["iterations"],
+        stop["predicted_iterations_left"],
+        stop["predicted_seconds_left"],
+        choice.fallback.solver,
+        choice.fallback.seconds,
+    )
+    fallback = solve_system(system, choice.fallback.solver, settings)
+    fallback.record["abandoned_pcg"] = stop | {"seconds": solved.record["seconds"]}
+    fallback.record["seconds"] += solved.record["seconds"]
+    return fallback, float(stop["iterations"] + stop["predicted_iterations_left"])
 
 
 def build_system(
@@ -343,7 +390,7 @@ def iterate_rounds(
             data.centers, xp.asarray(M), kernel=config.kernel, bandwidth=config.bandwidth
         )
         m = prepared.n_centers
-        solver, choice = choose_solver(config, data, m, pcg_iterations)
+        solver, choice_record, choice = choose_solver(config, data, m, pcg_iterations)
         cache = (
             use_cache(config, data.n_rows, m, on_workers=is_dask_array(data.X))
             if solver == "pcg"
@@ -357,9 +404,10 @@ def iterate_rounds(
             preconditioner_rank=config.preconditioner_rank,
             seed=(config.seed, 2, t),
         )
-        solved = solve_system(system, solver, settings)
-        if solver == "pcg":
-            pcg_iterations = float(solved.record["iterations"])
+        solved, iterations = solve_with_watch(system, solver, settings, choice)
+        if iterations is not None:
+            pcg_iterations = iterations
+        solver = solved.record["solver"]
         machine = KernelMachine(
             centers=to_numpy(data.centers),
             coef=to_numpy(solved.coef).astype(np.float64),
@@ -373,7 +421,7 @@ def iterate_rounds(
         record: dict[str, Any] = {
             "round": t,
             "solver": solver,
-            "solver_choice": choice,
+            "solver_choice": choice_record,
             "n_centers": m,
             "cached_kernel": cache,
             "solve": solved.record,

@@ -54,6 +54,9 @@ def assert_operator_matches_dense(op, problem, U_arg):
         rows = np.arange(0, N, 3)
         want = agop_block_sum(X[rows], Z, V, Mx, kernel="laplace", bandwidth=3.0, diag=False)
         np.testing.assert_allclose(op_x.agop_sum(V, diag=False, rows=rows), want, rtol=1e-6)
+        # float32 GEMMs summed in float64 (what the round loop uses): the same AGOP to 1e-5.
+        fast = op_x.agop_sum(V, diag=False, rows=rows, gemm_dtype=np.float32)
+        assert np.linalg.norm(fast - want) <= 1e-5 * np.linalg.norm(want)
 
 
 @pytest.mark.parametrize("block_rows", [1, 64, 100, N, 10 * N])
@@ -64,6 +67,18 @@ def test_blocked_operator(problem, block_rows, cache, workers):
     op = BlockedKernelOperator(X, prepared, cache=cache, block_rows=block_rows, workers=workers)
     assert op.workers == workers
     assert_operator_matches_dense(op, problem, U)
+
+
+def test_agop_operand_groups_outputs_to_bound_its_memory(problem, monkeypatch):
+    """With room for one output's weighted centers, the AGOP runs output by output: same sum."""
+    import rfmdist.operators as operators
+
+    X, _, _, prepared, _, V, _ = problem
+    whole = BlockedKernelOperator(X, prepared).agop_sum(V, diag=False)
+    monkeypatch.setattr(operators, "AGOP_OPERAND_BYTES", M_CENTERS * D * 8)
+    assert len(operators.output_groups(prepared, V.shape[1])) == V.shape[1]
+    grouped = BlockedKernelOperator(X, prepared).agop_sum(V, diag=False)
+    np.testing.assert_allclose(grouped, whole, rtol=1e-12)
 
 
 def test_blocked_operator_threads_reproducible(problem):

@@ -239,3 +239,63 @@ def test_unfinished_store_loads_its_best_committed_round_read_only(task, tmp_pat
         rfmdist.load(path)
     resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
     assert len(resumed.history_) == ITERS + 1
+
+
+# --- early stopping, the internal split and its refit ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_reference(task) -> RFMRegressor:
+    """The default fit without eval_set: an internal split chooses the round, then a refit."""
+    X, y, _ = task
+    return RFMRegressor(**PARAMS).fit(X, y)
+
+
+def test_resume_of_a_split_run_equals_uninterrupted_refit_included(task, split_reference, tmp_path):
+    X, y, _ = task
+    assert split_reference.refit_ is not None
+    path = tmp_path / "run.zarr"
+    RFMRegressor(**PARAMS).fit(X, y, store=path, callback=_stop_after(0))
+    resumed = RFMRegressor(**PARAMS).fit(X, y, store=path, resume=True)
+    for model in (resumed, rfmdist.load(path)):
+        _assert_same_fit(model, split_reference, X)
+        assert model.refit_["rows"] == N
+        np.testing.assert_allclose(model.coef_, split_reference.coef_, rtol=TOL, atol=TOL)
+
+
+def test_a_committed_refit_is_not_recomputed_on_resume(
+    task, split_reference, tmp_path, monkeypatch
+):
+    """A crash after the refit was committed but before the store was marked complete: resume
+    finishes the store with the committed refit and runs nothing."""
+    from rfmdist.store import RunWriter
+
+    X, y, _ = task
+    path = tmp_path / "run.zarr"
+
+    def crash(self):
+        raise RuntimeError("killed before finish")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunWriter, "finish", crash)
+        with pytest.raises(RuntimeError, match="killed before finish"):
+            RFMRegressor(**PARAMS).fit(X, y, store=path)
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    assert attrs["status"] == "running" and attrs["refit"]["rows"] == N
+    ran = []
+    resumed = RFMRegressor(**PARAMS).fit(X, y, store=path, resume=True, callback=ran.append)
+    assert ran == []
+    _assert_same_fit(resumed, split_reference, X)
+    _assert_same_fit(rfmdist.load(path), split_reference, X)
+
+
+def test_version_1_stores_still_load(task, tmp_path):
+    """Stores written before refits existed (format version 1, same layout) load as before."""
+    X, y, eval_set = task
+    model = RFMRegressor(iters=1, random_state=0).fit(X[:300], y[:300], eval_set=eval_set)
+    path = tmp_path / "old.zarr"
+    model.save(path)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.update({"format_version": 1})
+    old = rfmdist.load(path)
+    np.testing.assert_array_equal(old.predict(X), model.predict(X))

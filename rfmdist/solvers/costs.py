@@ -13,9 +13,9 @@ exact, direct  one pass to build ``K`` (float64), a float64 Cholesky (``n^3 / 3`
                ``2 n^2 x 8`` bytes (``K`` and its factor)
 exact, mixed   the same pass, a float32 Cholesky and a few float64 refinement products (see
                :func:`~rfmdist.solvers.direct.solve_mixed`); memory ``n^2 x 12`` bytes
-exact, pcg     a sketch pass with ``r`` columns and its factorisation (``~10 n r^2`` flops), then one
-               pass per CG iteration (streamed when the kernel fits the cache budget) and one for the
-               predictions; memory: the cached kernel and ``3 n r x 8`` bytes
+exact, pcg     ``r`` sampled columns of the kernel and their factorisation (``~10 n r^2`` flops), then
+               one pass per CG iteration (streamed when the kernel fits the cache budget) and one for
+               the predictions; memory: the cached kernel and ``3 n r x 8`` bytes
 nystrom, dir.  the Gram pass (``2 n m^2`` flops), an ``m x m`` Cholesky, the right-hand side and the
                predictions (two more passes unless cached); memory ``2 m^2 x 8``
 nystrom, pcg   Falkon's preconditioner (``m^3`` flops of Cholesky and ``lauum``), the right-hand side,
@@ -24,15 +24,17 @@ nystrom, pcg   Falkon's preconditioner (``m^3`` flops of Cholesky and ``lauum``)
 =============  ======================================================================================
 
 CG iteration counts are not known before a solve: the first PCG round assumes
-:data:`PRIOR_ITERATIONS`, later rounds the count the previous PCG round measured. The estimates are
-for choosing between ways that differ by large factors, not for predicting the fit's time.
+:data:`PRIOR_ITERATIONS`, later rounds the count the previous PCG round measured, and while PCG runs
+:class:`PCGWatch` checks its measured progress against the fastest factorisation and switches to that
+when PCG would take longer. The estimates are for choosing between ways that differ by large factors,
+not for predicting the fit's time.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,8 @@ PRIOR_ITERATIONS = {"exact": 60, "nystrom": 40}
 MIXED_REFINEMENT_PASSES = 4
 # Every this many CG iterations the exact residual costs one more pass (rfmdist.solvers.cg).
 RESTART_EVERY = 20
+# PCGWatch extrapolates only after this many iterations (earlier decay rates are noise).
+WATCH_MIN_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,8 @@ def estimate(problem: Problem, rates: Rates, iterations: float) -> list[Estimate
         passes = iterations * (1 + 1 / RESTART_EVERY) + 1  # + the predictions
         chol = n**3 / 3
         r = min(problem.rank, n)
-        sketch = rates.pass_seconds(n * n, d, r, dt, cached=problem.cached) + 10 * n * r**2 / gemm64
+        # The preconditioner: the kernel's columns of r sampled rows and their factorisation.
+        sketch = rates.pass_seconds(n * r, d, 0, dt, cached=False) + 10 * n * r**2 / gemm64
         refine = MIXED_REFINEMENT_PASSES * n * n * 12 / rates.stream
         return [
             Estimate("direct", build + chol / rates.cholesky["float64"], 2 * n * n * 8),
@@ -207,6 +212,11 @@ class Choice:
     memory_bytes : int
         Memory budget the choice respected.
     reason : str
+    fallback : Estimate or None
+        When PCG is chosen: the fastest factorisation that fits, to switch to if PCG's measured
+        progress predicts it would cost more (:class:`PCGWatch`).
+    iteration_seconds : float
+        The estimated seconds of one PCG iteration.
     """
 
     solver: str
@@ -214,6 +224,8 @@ class Choice:
     iterations: float
     memory_bytes: int
     reason: str
+    fallback: Estimate | None = None
+    iteration_seconds: float = 0.0
 
     def record(self) -> dict[str, Any]:
         """JSON-ready: what ``history_`` shows of the choice."""
@@ -223,6 +235,7 @@ class Choice:
             "pcg_iterations_assumed": round(float(self.iterations), 1),
             "memory_budget_bytes": int(self.memory_bytes),
             "estimates": {e.solver: e.record() for e in self.estimates},
+            "fallback": None if self.fallback is None else self.fallback.solver,
         }
 
 
@@ -271,7 +284,76 @@ def choose(
         reason = (
             f"no solver's memory fits the {memory_bytes / 2**30:.1f} GiB budget; PCG needs least"
         )
-    return Choice(best.solver, estimates, iterations, memory_bytes, reason)
+    factorisations = [e for e in fitting if e.solver != "pcg"]
+    fallback = (
+        min(factorisations, key=lambda e: e.seconds)
+        if best.solver == "pcg" and factorisations
+        else None
+    )
+    return Choice(
+        best.solver,
+        estimates,
+        iterations,
+        memory_bytes,
+        reason,
+        fallback,
+        iteration_seconds(problem, rates),
+    )
+
+
+def iteration_seconds(problem: Problem, rates: Rates) -> float:
+    """Estimated seconds of one PCG iteration on ``problem`` (a pass and the preconditioner)."""
+    n, m, d, c, dt = problem.n, problem.m, problem.d, problem.c, problem.dtype
+    columns = c if problem.exact else 2 * c  # the Nystrom system's fused K^T (K v)
+    passes = rates.pass_seconds(n * m, d, columns, dt, cached=problem.cached)
+    rank = min(problem.rank, n) if problem.exact else m
+    return passes * (1 + 1 / RESTART_EVERY) + 4 * n * rank * c / rates.gemm["float64"]
+
+
+@dataclass
+class PCGWatch:
+    """A CG callback that stops PCG once its progress predicts that finishing would take longer than
+    solving afresh by the fallback factorisation.
+
+    CG iteration counts vary far more between systems than factorisation times (measured: 16 to 284
+    iterations for rounds of similar size), so the PCG estimate can be far off; the watch follows the
+    residuals instead. After :data:`WATCH_MIN_ITERATIONS` iterations it extrapolates the largest
+    relative residual's recent geometric decay to ``tol`` and prices the iterations still needed at
+    ``iteration_seconds`` (an estimate, not a clock: the decision, and so the fit, is the same
+    whenever it runs on the same rates); PCG stops when that exceeds ``fallback_seconds``.
+
+    Attributes
+    ----------
+    tol : float
+    fallback_seconds : float
+    iteration_seconds : float
+    stopped : dict or None
+        After a stop: the iterations run and the iterations and seconds still predicted.
+    """
+
+    tol: float
+    fallback_seconds: float
+    iteration_seconds: float
+    stopped: dict[str, float] | None = None
+    _history: list[float] = field(default_factory=list)
+
+    def __call__(self, iteration: int, x: Any, residuals: list[float]) -> bool:
+        self._history.append(max(residuals))
+        if iteration < WATCH_MIN_ITERATIONS:
+            return False
+        recent = self._history[-max(WATCH_MIN_ITERATIONS, iteration // 2) :]
+        first, last = recent[0], recent[-1]
+        rate = (last / first) ** (1.0 / (len(recent) - 1)) if first > 0 and last > 0 else 0.0
+        needed = float("inf") if rate >= 1 else max(0.0, np.log(self.tol / last) / np.log(rate))
+        remaining = min(needed * self.iteration_seconds, 1e12)
+        if remaining <= self.fallback_seconds:
+            return False
+        self.stopped = {
+            "iterations": iteration,
+            "predicted_iterations_left": min(needed, 1e9),
+            "predicted_seconds_left": remaining,
+        }
+        return True
 
 
 # --- calibration -----------------------------------------------------------------------------------
