@@ -8,7 +8,10 @@ Holds out a seeded 20% of the rows (train/test written as Parquet in a temporary
 ``rfmdist fit`` (Nyström centers, direct solve, AGOP on 20,000 rows) and ``rfmdist evaluate`` as
 subprocesses, polls the process tree with psutil for the peak RSS of the client (the ``rfmdist fit``
 process) and of each worker process, and prints a table for the full training set and for a
-``--subset``-row subset of it. Data root: env ``RFMDIST_DATA`` or ``../shared/data`` beside the repo.
+``--subset``-row subset of it. The subset also gets a row fitted with ``rfmdist fit``'s defaults (no
+model options; ``--defaults-on both`` for the full set too: with the 'auto' rule of 20,000 centers that
+is hours on 2 cores until the large-n defaults of the batch-jobs issue). Data root: env
+``RFMDIST_DATA`` or ``../shared/data`` beside the repo.
 """
 
 from __future__ import annotations
@@ -92,13 +95,19 @@ def _role(p: psutil.Process) -> str:
     return "worker"
 
 
-def one_fit(name: str, train: Path, test: Path, folder: Path, args: argparse.Namespace) -> dict:
-    """Fit and evaluate one training set; the row of the table."""
+def one_fit(
+    name: str, train: Path, test: Path, folder: Path, args: argparse.Namespace, defaults: bool
+) -> dict:
+    """Fit and evaluate one training set; the row of the table. ``defaults``: no model options
+    (what ``rfmdist fit`` does as shipped), else the labelled settings of the options."""
     model = folder / f"{name}.zarr"
+    settings = [
+        "--centers", str(args.centers), "--iters", str(args.iters), "--agop-samples", "20000",
+        "--solver", "direct", "--seed", str(args.seed), "--n-iter-no-change", "none",
+    ]  # fmt: skip
     fit = [
         *RFMDIST, "fit", "--train", str(train), "--target", "target", "--out", str(model),
-        "--task", "classification", "--centers", str(args.centers), "--iters", str(args.iters),
-        "--agop-samples", "20000", "--solver", "direct", "--seed", str(args.seed),
+        "--task", "classification", *([] if defaults else settings),
         "--workers", str(args.workers), "--threads-per-worker", "1",
     ]  # fmt: skip
     logger.info("running: %s", " ".join(fit))
@@ -114,6 +123,7 @@ def one_fit(name: str, train: Path, test: Path, folder: Path, args: argparse.Nam
     workers = sorted((rss for role, rss in peaks.values() if role == "worker"), reverse=True)
     return {
         "name": name,
+        "settings": "defaults" if defaults else "labelled",
         "rows": rows,
         "seconds": seconds,
         "client_rss": next(rss for role, rss in peaks.values() if role == "client"),
@@ -131,28 +141,39 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", metavar="DIR", help="Work in DIR and keep the files.")
+    parser.add_argument(
+        "--defaults-on",
+        choices=["subset", "both", "none"],
+        default="subset",
+        help="Training sets that also get a row fitted with rfmdist fit's defaults (subset).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         paths = split(folder, args.subset, args.seed)
-        results = [
-            one_fit(f"subset_{args.subset}", paths["subset"], paths["test"], folder, args),
-            one_fit("full", paths["train"], paths["test"], folder, args),
-        ]
+        results = []
+        for name, train in ((f"subset_{args.subset}", paths["subset"]), ("full", paths["train"])):
+            if args.defaults_on == "both" or (args.defaults_on == "subset" and name != "full"):
+                results.append(
+                    one_fit(f"{name}_defaults", train, paths["test"], folder, args, True)
+                )
+            results.append(one_fit(name, train, paths["test"], folder, args, False))
     mib = 2**20
     print(
-        f"\nkddcup via rfmdist CLI: {args.workers} workers x 1 thread, Nyström m={args.centers}, "
-        f"iters={args.iters}, AGOP on 20,000 rows, direct solve, float64, seed {args.seed}"
+        f"\nkddcup via rfmdist CLI: {args.workers} workers x 1 thread; labelled rows: Nyström "
+        f"m={args.centers}, iters={args.iters}, AGOP on 20,000 rows, direct solve, float64, seed "
+        f"{args.seed}; defaults rows: no model options"
     )
-    print(f"{'train rows':>10}  {'fit wall s':>10}  {'client MiB':>10}  {'worker MiB':>16}  "
-          f"{'test acc':>8}  {'test rows':>9}")  # fmt: skip
+    print(f"{'settings':>9}  {'train rows':>10}  {'fit wall s':>10}  {'client MiB':>10}  "
+          f"{'worker MiB':>16}  {'test acc':>8}  {'test rows':>9}")  # fmt: skip
     for r in results:
         workers = "/".join(f"{w / mib:.0f}" for w in r["worker_rss"])
         print(
-            f"{r['rows']:>10}  {r['seconds']:>10.1f}  {r['client_rss'] / mib:>10.0f}  "
-            f"{workers:>16}  {r['accuracy']:>8.4f}  {r['test_rows']:>9}"
+            f"{r['settings']:>9}  {r['rows']:>10}  {r['seconds']:>10.1f}  "
+            f"{r['client_rss'] / mib:>10.0f}  {workers:>16}  {r['accuracy']:>8.4f}  "
+            f"{r['test_rows']:>9}"
         )
 
 
