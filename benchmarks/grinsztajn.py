@@ -306,6 +306,20 @@ def evaluate_grinsztajn_set(
             rows.append(row(method, choice.params(), choice.val_score, score, seconds))
         sel.rfm_estimator = None
 
+    start = time.perf_counter()
+    try:  # the estimators' defaults, on the features and targets as they are in the file
+        import rfmdist
+
+        cls = rfmdist.RFMClassifier if classification else rfmdist.RFMRegressor
+        est = cls(random_state=seed).fit(ds.X[train], ds.y[train], eval_set=(ds.X[val], ds.y[val]))
+        score = float(est.score(ds.X[test], ds.y[test]))
+    except Exception as err:
+        logger.error("%s: %s failed:\n%s", name, common.DEFAULTS_METHOD, traceback.format_exc())
+        rows.append(row(common.DEFAULTS_METHOD, None, np.nan, np.nan, 0.0, common.error_text(err)))
+    else:
+        val_score = est.history_[est.best_iter_]["val_score"]
+        rows.append(row(common.DEFAULTS_METHOD, {}, val_score, score, time.perf_counter() - start))
+
     grids = {"random_forest": common.RF_GRID, "hist_gb": common.HGB_GRID}
     for method, grid in grids.items():
         start = time.perf_counter()
@@ -401,13 +415,13 @@ def _order(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
 def _per_set_table(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["error"].eq("")]
     wide = ok.pivot_table(index="dataset", columns="method", values="test_score")
-    wide = wide.reindex(columns=list(METHODS))
+    wide = wide.reindex(columns=common.shown_methods(wide))
     info = frame.groupby("dataset")[["task", "n", "d", "n_train"]].first()
     table = info.join(wide, how="left").reindex(frame["dataset"].drop_duplicates())
     table["task"] = table["task"].map({"classification": "clf (acc)", "regression": "reg (R²)"})
     for col in ("n", "d", "n_train"):
         table[col] = table[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for m in METHODS:
+    for m in common.shown_methods(wide):
         table[m] = table[m].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     return table
 
@@ -481,6 +495,11 @@ def build_section(
     ]
     for title, table in _summary_tables(frame).items():
         parts += [f"### Summary: {title}", "", common.markdown_table(table, ".4f"), ""]
+    ok = frame[frame["error"].eq("")]
+    for task in ("classification", "regression"):
+        line = common.defaults_line(ok[ok["task"].eq(task)], "test_score")
+        if line:
+            parts += [f"{task.capitalize()}: {line}", ""]
     if notes:
         parts += ["### Notes", "", *[f"- {n}" for n in notes], ""]
     parts += [

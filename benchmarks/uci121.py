@@ -128,6 +128,9 @@ HGB_GRID: tuple[dict[str, Any], ...] = tuple(
     for leaves in (15, 63)
 )
 METHODS: tuple[str, ...] = ("rfm", "laplace", "random_forest", "hist_gb")
+# The row of the estimators' defaults (no hyper-parameter grid, no validation split given): kept out
+# of METHODS so that sets run before it existed keep their summary; reported beside it.
+DEFAULTS_METHOD = "rfm_defaults"
 CSV_COLUMNS: tuple[str, ...] = (
     "dataset",
     "n",
@@ -696,6 +699,17 @@ def evaluate_uci_set(
             seconds = sel_seconds + time.perf_counter() - start
             rows.append(_row(base, method, choice.params(), choice.val_score, accs, seconds))
 
+    start = time.perf_counter()
+    try:
+        import rfmdist
+
+        accs = _fold_accuracies(lambda: rfmdist.RFMClassifier(random_state=seed), ds)
+    except Exception as err:
+        logger.error("%s: %s failed:\n%s", name, DEFAULTS_METHOD, traceback.format_exc())
+        rows.append(_row(base, DEFAULTS_METHOD, None, np.nan, None, 0.0, error_text(err)))
+    else:
+        rows.append(_row(base, DEFAULTS_METHOD, {}, np.nan, accs, time.perf_counter() - start))
+
     for method, make, grid in (
         ("random_forest", _make_rf(seed, rf_trees), RF_GRID),
         ("hist_gb", _make_hgb(seed), HGB_GRID),
@@ -786,15 +800,21 @@ def _order(frame: pd.DataFrame, names: Sequence[str], methods: Sequence[str]) ->
     return frame.sort_values(["_s", "_m"]).drop(columns=["_s", "_m"]).reset_index(drop=True)
 
 
+def shown_methods(wide: pd.DataFrame) -> list[str]:
+    """The per-set table's columns: METHODS, and the defaults row where any set has it."""
+    return [*METHODS, *([DEFAULTS_METHOD] if DEFAULTS_METHOD in wide.columns else [])]
+
+
 def _per_set_table(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["error"].eq("")]
     wide = ok.pivot_table(index="dataset", columns="method", values="test_acc_mean")
-    wide = wide.reindex(columns=list(METHODS)) * 100
+    methods = shown_methods(wide)
+    wide = wide.reindex(columns=methods) * 100
     info = frame.groupby("dataset")[["n", "d", "n_classes"]].first()
     table = info.join(wide, how="left").reindex(frame["dataset"].drop_duplicates())
     for col in ("n", "d", "n_classes"):
         table[col] = table[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for m in METHODS:
+    for m in methods:
         table[m] = table[m].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     return table
 
@@ -858,6 +878,22 @@ def _read_results_csv(path: Path) -> pd.DataFrame:
 
 def _fmt_seconds(seconds: float) -> str:
     return f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def defaults_line(frame: pd.DataFrame, score: str, *, scale: float = 1.0, unit: str = "") -> str:
+    """One line comparing the defaults row with the tuned methods on the sets that have it ("" if
+    none has). ``score``: the column, higher is better; ``scale`` and ``unit`` for the printout."""
+    wide = frame.pivot_table(index="dataset", columns="method", values=score, aggfunc="first")
+    if DEFAULTS_METHOD not in wide.columns:
+        return ""
+    wide = wide.dropna(subset=[DEFAULTS_METHOD])
+    parts = [f"The estimators' defaults (`{DEFAULTS_METHOD}`: no grid, no validation split given) "
+             f"on {len(wide)} sets: mean {wide[DEFAULTS_METHOD].mean() * scale:.2f}"]  # fmt: skip
+    for other in ("rfm", "laplace", "hist_gb"):
+        if other in wide.columns:
+            diff = (wide[DEFAULTS_METHOD] - wide[other]).dropna() * scale
+            parts.append(f"minus {other} {diff.mean():+.2f}{unit} (median {diff.median():+.2f})")
+    return "; ".join(parts) + "."
 
 
 def _rfm_vs_laplace(frame: pd.DataFrame) -> str:
@@ -935,6 +971,9 @@ def build_section(
     head_to_head = _rfm_vs_laplace(frame)
     if head_to_head:
         parts += [head_to_head, ""]
+    defaults = defaults_line(ok, "test_acc_mean", scale=100, unit=" points")
+    if defaults:
+        parts += [defaults, ""]
     if notes:
         parts += ["### Notes", "", *[f"- {n}" for n in notes], ""]
     parts += [

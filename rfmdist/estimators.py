@@ -614,11 +614,15 @@ class _RFMBase(BaseEstimator):
         if not data.exact and data.center_rows is not None:
             rows = data.center_rows
             centers = (train_rows[rows] if np.all(rows >= 0) else rows, data.centers)
+        # The rounds' rows are not needed any more: let them go (on a cluster, their persisted
+        # chunks) before the refit's rows are prepared, and let the refit reuse the rounds' arrays.
+        data.X = data.Y = data.Y_client = None
         full = self._training_data(
             X, Y, preprocessing, self._train_truth, self.seed_, config, centers=centers
         )
         full.target_scaling = data.target_scaling
         full.rates = data.rates
+        full.workspace = data.workspace
         started = time.perf_counter()
         outcome = refit_round(full, config, self.M_, self.best_iter_)
         self.refit_ = outcome.record | {
