@@ -53,7 +53,9 @@ from rfmdist.data import (
     take_rows,
 )
 from rfmdist.exceptions import NotFittedError, StoreError
+from rfmdist.fingerprint import column_statistics
 from rfmdist.kernels import KERNELS
+from rfmdist.locking import StoreLock
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import active_client, chunk_rows_for
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
@@ -69,6 +71,7 @@ from rfmdist.store import (
     read_store,
     save_location,
     save_model,
+    store_location,
 )
 from rfmdist.training import (
     AUTO_CENTERS,
@@ -490,8 +493,26 @@ class _RFMBase(BaseEstimator):
             ``store`` holds a model or a run and neither ``resume`` nor ``overwrite`` is given.
         rfmdist.exceptions.StoreError
             ``resume`` with another estimator class, other parameters or other data than the run's.
+        rfmdist.locking.StoreLockedError
+            Another fit is writing ``store`` (see :mod:`rfmdist.locking`).
         """
         validate_params(type(self).__name__, self.get_params(deep=False), PARAMETERS)
+        # One writer per store, from before anything at the path is looked at to the end.
+        lock = contextlib.nullcontext() if store is None else StoreLock(store_location(store).url)
+        with lock:
+            return self._fit(X, y, eval_set, callback, store, resume, overwrite)
+
+    def _fit(
+        self,
+        X: Any,
+        y: Any,
+        eval_set: tuple[Any, Any] | None,
+        callback: Callable[[RoundOutcome], bool | None] | None,
+        store: str | os.PathLike[str] | None,
+        resume: bool,
+        overwrite: bool,
+    ) -> _RFMBase:
+        """The body of :meth:`fit` (the store, if any, locked)."""
         device = resolve_device(self.device)
         plan = None if store is None else plan_run(store, resume=resume, overwrite=overwrite)
         if is_store_path(X):
@@ -508,9 +529,13 @@ class _RFMBase(BaseEstimator):
         n = int(X.shape[0])
         check_min_samples(n)
         Y = self._prepare_targets(y, n)
-        validation, fingerprint = self._validation(eval_set)
-        fingerprint = data_fingerprint(X, Y, getattr(self, "classes_", None)) | fingerprint
-        previous = self._previous_run(plan, fingerprint)
+        validation, eval_stamp, eval_vectors = self._validation(eval_set)
+        # One pass: the fingerprint's sums over every row and the preprocessing's statistics.
+        statistics = column_statistics(X, Y)
+        fingerprint, vectors = data_fingerprint(X, Y, getattr(self, "classes_", None), statistics)
+        fingerprint |= eval_stamp
+        vectors |= eval_vectors
+        previous = self._previous_run(plan, fingerprint, vectors)
         if plan is not None and plan.mode == "finished":
             logger.info("the run at %s is complete: loaded it without refitting", plan.target.url)
             self._restore(previous)
@@ -524,7 +549,9 @@ class _RFMBase(BaseEstimator):
         )
         config = self._round_config(seed, device)
         X, Y = self._device_rows(X, Y, config)
-        preprocessing = Standardizer.fit(X) if self.standardize else Standardizer()
+        preprocessing = (
+            Standardizer.from_statistics(statistics) if self.standardize else Standardizer()
+        )
         truth = self._train_truth
         split = self._internal_split(n, seed) if validation is None else None
         if split is None:
@@ -549,6 +576,7 @@ class _RFMBase(BaseEstimator):
         data.target_scaling = target_scaling
         self.seed_ = seed
         self._fingerprint = fingerprint
+        self._fingerprint_vectors = vectors
         writer = None
         if plan is not None:
             writer = (
@@ -645,18 +673,31 @@ class _RFMBase(BaseEstimator):
 
     def _validation(
         self, eval_set: tuple[Any, Any] | None
-    ) -> tuple[tuple[Any, Callable[[np.ndarray], float]] | None, dict[str, Any]]:
-        """Checked validation data with its scorer, and its fingerprint (``{"eval_set": ...}``)."""
+    ) -> tuple[
+        tuple[Any, Callable[[np.ndarray], float]] | None, dict[str, Any], dict[str, np.ndarray]
+    ]:
+        """Checked validation data with its scorer, and its fingerprint: ``{"eval_set": ...}`` and
+        the per-column sums (named ``eval_<name>``)."""
         if eval_set is None:
-            return None, {"eval_set": None}
+            return None, {"eval_set": None}, {}
         X_val, y_val = eval_set
         X_val = self._check_features_like_fit(X_val)
         truth = self._validation_truth(y_val, int(X_val.shape[0]))
-        stamp = data_fingerprint(X_val, truth.reshape(len(truth), -1))
+        truth_2d = truth.reshape(len(truth), -1)
+        stamp, vectors = data_fingerprint(X_val, truth_2d)
         validation = (X_val, lambda pred: self._score_predictions(pred, truth))
-        return validation, {"eval_set": {"n": stamp["n"], "hash": stamp["hash"]}}
+        summary = {
+            "n": stamp["n"],
+            "hash": stamp["hash"],
+            "sample_hash": stamp["sample_hash"],
+            "d": stamp["d"],
+            "c": int(truth_2d.shape[1]),
+        }
+        return validation, {"eval_set": summary}, {f"eval_{k}": v for k, v in vectors.items()}
 
-    def _previous_run(self, plan: RunPlan | None, fingerprint: dict[str, Any]) -> StoredRun | None:
+    def _previous_run(
+        self, plan: RunPlan | None, fingerprint: dict[str, Any], vectors: dict[str, np.ndarray]
+    ) -> StoredRun | None:
         """The stored run to continue (or the finished one to load), checked against this fit."""
         if plan is None or plan.mode == "fresh":
             return None
@@ -669,6 +710,7 @@ class _RFMBase(BaseEstimator):
             estimator=type(self).__name__,
             params=self.get_params(deep=False),
             fingerprint=fingerprint,
+            vectors=vectors,
         )
         if not finished:
             logger.info(
@@ -753,6 +795,7 @@ class _RFMBase(BaseEstimator):
             preprocessing=preprocessing,
             target_scaling=target_scaling,
             classes=getattr(self, "classes_", None),
+            data_vectors=getattr(self, "_fingerprint_vectors", {}),
         )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -771,6 +814,10 @@ class _RFMBase(BaseEstimator):
             A store is at ``path`` and ``overwrite`` is False.
         """
         self._check_fitted()
+        with StoreLock(store_location(path).url):
+            self._save(path, overwrite)
+
+    def _save(self, path: str | os.PathLike[str], overwrite: bool) -> None:
         plan = save_location(path, overwrite=overwrite)
         model = self.model_
         header = self._store_header(model.centers, model.preprocessing, model.target_scaling)
@@ -833,6 +880,7 @@ class _RFMBase(BaseEstimator):
             self.classes_ = stored.classes
         self.seed_ = int(stored.attrs["seed"])
         self._fingerprint = stored.attrs["data"]
+        self._fingerprint_vectors = stored.data_vectors
         self.history_ = stored.history
         self.M_history_ = list(stored.M_history)
         self._set_fitted(_stored_best(stored))

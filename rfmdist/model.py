@@ -56,6 +56,14 @@ class Standardizer:
         mean, std, low, high = (to_numpy(v).astype(np.float64) for v in stats)
         return cls(mean=mean, scale=feature_scales(std, low, high))
 
+    @classmethod
+    def from_statistics(cls, statistics: Any) -> Standardizer:
+        """From a pass's :class:`~rfmdist.fingerprint.ColumnStatistics` (the rule of :meth:`fit`)."""
+        return cls(
+            mean=statistics.mean,
+            scale=feature_scales(statistics.std, statistics.low, statistics.high),
+        )
+
     def transform(self, X: Any, dtype: Any) -> Any:
         """Apply to ``X`` (NumPy, CuPy or Dask), returning ``dtype``; shape (n, d)."""
         if is_dask_array(X):

@@ -375,8 +375,9 @@ class DaskKernelOperator:
             try:
                 return compute_dask(build())
             except CancelledError as err:  # distributed's FutureCancelledError
-                if active_client() is None:
-                    raise
+                client = active_client()
+                if client is None or client.status != "running":
+                    raise  # no client, or it lost its scheduler: nothing to send the kernel to
                 logger.warning(
                     "a kernel pass was cancelled (%s: %s); sending the round's kernel to the "
                     "workers again and recomputing the pass",

@@ -12,9 +12,12 @@ Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds
                             versions {rfmdist, numpy, zarr, dask}, estimator (class name),
                             params (get_params(); an array value is {"array": "<path>"}; a numpy random
                             generator is {"random_generator": "<type>"}), seed (the int seed used),
-                            data {n, d, n_outputs, dtype, classes, hash}, estimator_state {y_1d,
-                            n_features_in, feature_names_in}, completed_rounds (R), best_iter,
-                            history (R per-round records: scores, solver record, seconds)
+                            data {n, d, n_outputs, dtype, classes, hash, sample_hash, eval_set},
+                            estimator_state {y_1d, n_features_in, feature_names_in},
+                            completed_rounds (R), best_iter, n_centers (m), rates (the cost model's),
+                            history (R per-round records: scores, solver choice and record, seconds;
+                            CG residuals as {"array": "history/residuals/<t>", "first", "last"}),
+                            refit (its record, when there is one)
       centers               (m, d)      kernel dtype, in the preprocessed feature space
       coef                  (m, c)      float64, the best round's coefficients   [complete stores]
       M                     (d, d)|(d,) float64, the best round's feature matrix [complete stores]
@@ -28,12 +31,24 @@ Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds
       checkpoint/coef       (R, m, c)   float64, every round's coefficients   [runs in progress]
       refit/centers         (m', d)     kernel dtype   [fits refitted on all rows, see below]
       refit/coef            (m', c)     float64
+      history/residuals/<t> (I+1, c)    float64, round t's relative CG residual per iteration [PCG]
+      fingerprint/<name>    (d,)|(c,)   float64, per-column sums of the data (rfmdist.fingerprint);
+                                        eval_<name> for eval_set's
+    <store>.lock            JSON {host, pid, started, token} while a fit writes (rfmdist.locking)
+
+Every array's shape is checked against what the attributes imply before it is read, so an edited or
+hostile store that claims a huge array is refused without allocating it; nothing is ever evaluated or
+unpickled. A commit rewrites the attributes, whose size grows with the rounds but not with CG
+iterations or outputs (those go to ``history/residuals``). A write that fails (a full disk) raises
+:class:`StoreWriteError`, saying what failed; the store keeps its last commit.
 
 A fit that chose its round on an internal validation split fits the kept round's ``M`` once more on all
 rows; that model is ``refit/centers`` and ``refit/coef`` (attribute ``refit``: its record), written and
 committed after the last round, and is the store's model once committed (``centers`` and ``coef`` then
 keep the rounds' own). A model written by ``save`` keeps its (refitted) model in ``centers`` and
-``coef`` and only the record. Format version 2 added the refit; version 1 stores still load.
+``coef`` and only the record. Format version 2 added the refit, the per-column fingerprint and the
+residual arrays; version 1 stores still load (and resume, fingerprinted by their first and last rows
+as before).
 
 Commit protocol of a run (``fit(..., store=path)``): after round ``t`` the run writes
 ``checkpoint/coef[t]`` and ``history/M[t + 1]`` (= ``M_{t+1}``, what round ``t + 1`` needs), then
@@ -57,7 +72,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +80,7 @@ import numpy as np
 from rfmdist.backend import to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.exceptions import StoreError
+from rfmdist.fingerprint import VECTORS, ColumnStatistics, column_statistics, differences
 from rfmdist.model import KernelMachine, Standardizer
 
 logger = logging.getLogger(__name__)
@@ -228,6 +244,15 @@ def store_status(path: str | os.PathLike[str]) -> str | None:
     return _status(store_location(path))
 
 
+def committed_rounds(path: str | os.PathLike[str]) -> int:
+    """Rounds committed by the run at ``path`` (0 when nothing is there), from its attributes."""
+    location = store_location(path)
+    for place in (location.beside(PARTIAL_SUFFIX), location):
+        if place.has_group():
+            return _completed_rounds(place)
+    return 0
+
+
 # --- planning a run ------------------------------------------------------------------------------------
 
 
@@ -360,12 +385,16 @@ def params_to_store(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, n
     return values, arrays
 
 
-def params_from_store(values: dict[str, Any], group: Any) -> dict[str, Any]:
-    """Rebuild ``set_params`` keywords (a random generator parameter comes back as None)."""
+def params_from_store(
+    values: dict[str, Any], group: Any, location: StoreLocation, d: int
+) -> dict[str, Any]:
+    """Rebuild ``set_params`` keywords (a random generator parameter comes back as None). The one
+    array parameter, explicit ``centers``, is checked to be (m, d) with m within bounds first."""
     params = {}
     for name, value in values.items():
         if isinstance(value, dict) and "array" in value:
-            params[name] = group[value["array"]][...]
+            rows = MAX_ARRAY_PARAM_ELEMENTS // max(1, d)
+            params[name] = _read_array(group, value["array"], location, (-1, d), max_rows=rows)[...]
         elif isinstance(value, dict) and "random_generator" in value:
             params[name] = None
         else:
@@ -383,8 +412,14 @@ def _edge_rows(A: Any, k: int = FINGERPRINT_ROWS) -> np.ndarray:
     return np.concatenate([to_numpy(head), to_numpy(tail)]).astype(np.float64)
 
 
-def data_fingerprint(X: Any, Y: Any, classes: np.ndarray | None = None) -> dict[str, Any]:
-    """What identifies a training set: shape, dtype, classes and a hash of its first/last rows.
+def data_fingerprint(
+    X: Any,
+    Y: Any,
+    classes: np.ndarray | None = None,
+    statistics: ColumnStatistics | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What identifies a training set (:mod:`rfmdist.fingerprint`): its shape, dtype, classes, a hash
+    of rows at an even stride and of the first/last rows, and per-column sums over every row.
 
     Parameters
     ----------
@@ -394,24 +429,32 @@ def data_fingerprint(X: Any, Y: Any, classes: np.ndarray | None = None) -> dict[
         Targets as fitted (one-hot for classifiers, before target scaling).
     classes : numpy.ndarray, optional
         The classifier's labels.
+    statistics : ColumnStatistics, optional
+        The pass's statistics when the caller has them (else one pass here).
 
     Returns
     -------
-    dict
-        ``{"n", "d", "n_outputs", "dtype", "classes", "hash"}`` (JSON-ready).
+    fingerprint : dict
+        ``{"n", "d", "n_outputs", "dtype", "classes", "hash", "sample_hash"}`` (JSON-ready).
+    vectors : dict of str to numpy.ndarray
+        The per-column sums (stored as arrays ``fingerprint/<name>``).
     """
+    if statistics is None:
+        statistics = column_statistics(X, Y)
     digest = hashlib.sha256()
     for part in (_edge_rows(X), _edge_rows(Y)):
         digest.update(str(part.shape).encode())
         digest.update(np.ascontiguousarray(part).tobytes())
-    return {
+    stamp = {
         "n": int(X.shape[0]),
         "d": int(X.shape[1]),
         "n_outputs": int(Y.shape[1]),
         "dtype": str(np.dtype(X.dtype)),
         "classes": None if classes is None else json_safe(list(classes)),
         "hash": digest.hexdigest()[:32],
+        "sample_hash": statistics.sample_hash,
     }
+    return stamp, dict(statistics.vectors)
 
 
 def versions() -> dict[str, str]:
@@ -450,6 +493,8 @@ class RunHeader:
     centers : numpy.ndarray, shape (m, d)
     preprocessing, target_scaling : Standardizer
     classes : numpy.ndarray or None
+    data_vectors : dict of str to numpy.ndarray
+        The fingerprint's per-column sums (``fingerprint/<name>``; ``eval_<name>`` for eval_set's).
     """
 
     estimator: str
@@ -461,6 +506,7 @@ class RunHeader:
     preprocessing: Standardizer
     target_scaling: Standardizer
     classes: np.ndarray | None
+    data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _write_attributes(group: Any, values: dict[str, Any]) -> None:
@@ -487,6 +533,44 @@ def _write_standardizer(group: Any, prefix: str, scaling: Standardizer) -> None:
     if scaling.mean is not None:
         _write_array(group, f"{prefix}/mean", np.asarray(scaling.mean, dtype=np.float64))
         _write_array(group, f"{prefix}/scale", np.asarray(scaling.scale, dtype=np.float64))
+
+
+# Where a round's CG residuals live (iterations + 1, c): an array per round, so that a commit writes a
+# bounded amount of metadata whatever the iterations and outputs (the record keeps a summary).
+REFIT_RESIDUALS = "refit/residuals"
+
+
+def residuals_path(t: int) -> str:
+    """The array of round ``t``'s per-iteration CG residuals."""
+    return f"history/residuals/{t}"
+
+
+def _write_residuals(group: Any, record: dict[str, Any] | None, path: str) -> None:
+    residuals = None if record is None else record.get("solve", {}).get("residuals")
+    if isinstance(residuals, list) and residuals:
+        _write_array(group, path, np.asarray(residuals, dtype=np.float64))
+
+
+def _stored_record(record: dict[str, Any] | None, path: str) -> dict[str, Any] | None:
+    """``record`` as the attributes hold it: CG residuals replaced by the path of their array, and
+    a summary (first and last of the largest relative residual)."""
+    if record is None:
+        return None
+    solve = record.get("solve", {})
+    residuals = solve.get("residuals")
+    if not (isinstance(residuals, list) and residuals):
+        return json_safe(record)
+    summary = {
+        "array": path,
+        "first": float(max(residuals[0])),
+        "last": float(max(residuals[-1])),
+    }
+    return json_safe(record | {"solve": solve | {"residuals": summary}})
+
+
+def stored_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-round records as the attributes hold them (see :func:`_stored_record`)."""
+    return [_stored_record(h, residuals_path(t)) for t, h in enumerate(history)]
 
 
 def _history_chunks(M: np.ndarray) -> tuple[int, ...]:
@@ -524,6 +608,8 @@ class RunWriter:
         _write_standardizer(group, "target_scaling", header.target_scaling)
         if header.classes is not None:
             _write_array(group, "classes", header.classes)
+        for name, vector in header.data_vectors.items():
+            _write_array(group, f"fingerprint/{name}", np.asarray(vector, dtype=np.float64))
         M0 = np.asarray(M0, dtype=np.float64)
         _write_array(group, "history/M", M0[None], chunks=_history_chunks(M0))
         _write_attributes(
@@ -541,6 +627,7 @@ class RunWriter:
                 "completed_rounds": 0,
                 "best_iter": None,
                 "history": [],
+                "n_centers": int(np.shape(header.centers)[0]),
             },
         )
         return cls(group, location)
@@ -575,7 +662,29 @@ class RunWriter:
         rates : dict, optional
             The cost model's measured rates (attribute ``rates``), for a resume to choose solvers
             as this run does.
+
+        Raises
+        ------
+        OSError
+            A write failed (a full disk, a lost mount): the message says which round and that the
+            store keeps its previous commit.
         """
+        with self._writing(f"commit round {t}"):
+            self._commit_round(t, coef, next_M, best_iter, history, rates)
+
+    def _writing(self, what: str) -> Any:
+        """Context turning a write error into one that says what failed and what the store kept."""
+        return _WriteGuard(self, what)
+
+    def _commit_round(
+        self,
+        t: int,
+        coef: np.ndarray,
+        next_M: np.ndarray | None,
+        best_iter: int,
+        history: list[dict[str, Any]],
+        rates: dict[str, Any] | None,
+    ) -> None:
         coef = np.asarray(coef, dtype=np.float64)
         if "checkpoint/coef" in self.group:
             coefs = self.group["checkpoint/coef"]
@@ -592,9 +701,14 @@ class RunWriter:
             history_M = self.group["history/M"]
             history_M.resize((t + 2, *history_M.shape[1:]))
             history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
+        _write_residuals(self.group, history[t], residuals_path(t))
         _write_attributes(
             self.group,
-            {"completed_rounds": t + 1, "best_iter": int(best_iter), "history": json_safe(history)}
+            {
+                "completed_rounds": t + 1,
+                "best_iter": int(best_iter),
+                "history": stored_history(history),
+            }
             | ({} if rates is None else {"rates": json_safe(rates)}),
         )
 
@@ -607,20 +721,53 @@ class RunWriter:
         coef : numpy.ndarray, shape (m', c)
         record : dict
         """
-        _write_array(self.group, "refit/centers", np.asarray(centers))
-        _write_array(self.group, "refit/coef", np.asarray(coef, dtype=np.float64))
-        _write_attributes(self.group, {"refit": json_safe(record)})
+        with self._writing("commit the refit"):
+            _write_array(self.group, "refit/centers", np.asarray(centers))
+            _write_array(self.group, "refit/coef", np.asarray(coef, dtype=np.float64))
+            _write_residuals(self.group, record, REFIT_RESIDUALS)
+            _write_attributes(self.group, {"refit": _stored_record(record, REFIT_RESIDUALS)})
 
     def finish(self) -> None:
         """Write the best round's ``M`` and ``coef``, mark the store complete, drop ``checkpoint/``."""
-        attrs = self.group.attrs
-        rounds, best = int(attrs["completed_rounds"]), int(attrs["best_iter"])
-        history_M = self.group["history/M"]
-        history_M.resize((rounds, *history_M.shape[1:]))
-        _write_array(self.group, "M", history_M[best])
-        _write_array(self.group, "coef", self.group["checkpoint/coef"][best])
-        _write_attributes(self.group, {"status": "complete"})
-        del self.group["checkpoint"]
+        with self._writing("mark the store complete"):
+            attrs = self.group.attrs
+            rounds, best = int(attrs["completed_rounds"]), int(attrs["best_iter"])
+            history_M = self.group["history/M"]
+            history_M.resize((rounds, *history_M.shape[1:]))
+            _write_array(self.group, "M", history_M[best])
+            _write_array(self.group, "coef", self.group["checkpoint/coef"][best])
+            _write_attributes(self.group, {"status": "complete"})
+            del self.group["checkpoint"]
+
+
+@dataclass
+class _WriteGuard:
+    """See :meth:`RunWriter._writing`."""
+
+    writer: RunWriter
+    what: str
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if not isinstance(err, OSError) or isinstance(err, StoreWriteError):
+            return False
+        try:
+            kept = int(self.writer.group.attrs.get("completed_rounds", 0))
+        except Exception:  # the store cannot even be read back: say so
+            kept = "its last committed"
+        raise StoreWriteError(
+            err.errno,
+            f"could not {self.what} in the store at {self.writer.location.url!r}: "
+            f"{err.strerror or err} ({type(err).__name__}); the store keeps {kept} committed "
+            f"rounds (a commit is one atomic metadata write, so it is whole or absent): free the "
+            f"space (or fix the file system) and {RESUME_HINT}",
+        ) from err
+
+
+class StoreWriteError(OSError):
+    """A write to a run's store failed; the store keeps its last committed round."""
 
 
 def save_model(
@@ -651,6 +798,10 @@ def save_model(
     group = writer.group
     group["history/M"].resize(M_history.shape)
     group["history/M"][...] = np.asarray(M_history, dtype=np.float64)
+    for t, record in enumerate(history):
+        _write_residuals(group, record, residuals_path(t))
+    if refit is not None:
+        _write_residuals(group, refit, REFIT_RESIDUALS)
     _write_array(group, "M", M_history[best_iter])
     _write_array(group, "coef", np.asarray(coef, dtype=np.float64))
     _write_attributes(
@@ -658,10 +809,10 @@ def save_model(
         {
             "completed_rounds": len(history),
             "best_iter": int(best_iter),
-            "history": json_safe(history),
+            "history": stored_history(history),
             "status": "complete",
         }
-        | ({} if refit is None else {"refit": json_safe(refit)}),
+        | ({} if refit is None else {"refit": _stored_record(refit, REFIT_RESIDUALS)}),
     )
 
 
@@ -713,6 +864,7 @@ class StoredRun:
     M_history: np.ndarray
     next_M: np.ndarray | None
     classes: np.ndarray | None
+    data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def refit(self) -> dict[str, Any] | None:
@@ -733,7 +885,7 @@ class StoredRun:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Per-round records."""
+        """Per-round records (with their CG residuals read back)."""
         return list(self.attrs["history"])
 
 
@@ -758,8 +910,24 @@ def _check_header(location: StoreLocation, attrs: dict[str, Any]) -> None:
         )
 
 
-def _read_array(group: Any, name: str, location: StoreLocation, shape: tuple[int, ...]) -> Any:
-    """Read ``name`` and check its shape (``-1`` matches any length)."""
+def _read_array(
+    group: Any,
+    name: str,
+    location: StoreLocation,
+    shape: tuple[int, ...],
+    *,
+    max_rows: int | None = None,
+) -> Any:
+    """Open ``name`` and check its shape and dtype against what the attributes imply, from its
+    metadata alone: nothing is read (or allocated) for an array that claims another shape.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The expected shape; ``-1`` matches any length up to ``max_rows`` (first axis only).
+    max_rows : int, optional
+        Bound of a ``-1`` first axis.
+    """
     if name not in group:
         raise StoreError(
             f"Expected an array {name!r} in the store at {location.url!r}, found none (arrays: "
@@ -767,16 +935,41 @@ def _read_array(group: Any, name: str, location: StoreLocation, shape: tuple[int
         )
     array = group[name]
     found = tuple(array.shape)
-    if len(found) != len(shape) or any(
-        e not in (-1, f) for e, f in zip(shape, found, strict=False)
+    too_long = max_rows is not None and len(found) > 0 and found[0] > max_rows
+    if (
+        too_long
+        or len(found) != len(shape)
+        or any(e not in (-1, f) for e, f in zip(shape, found, strict=False))
     ):
-        expected = tuple("any" if e == -1 else e for e in shape)
+        bound = "any" if max_rows is None else f"<= {max_rows}"
+        expected = "(" + ", ".join(bound if e == -1 else str(e) for e in shape)
+        expected += ",)" if len(shape) == 1 else ")"
         raise StoreError(
             f"Expected array {name!r} of shape {expected} in the store at {location.url!r} (from "
             f"its attributes), found {found}; the store is damaged or was edited: restore it from "
             "a copy or refit."
         )
+    kind = np.dtype(array.dtype).kind if not isinstance(array.dtype, str) else "U"
+    if kind not in "fiubUSOT":
+        raise StoreError(
+            f"Expected a numeric (or string) array {name!r} in the store at {location.url!r}, found "
+            f"dtype {array.dtype}; the store is damaged or was edited: restore it from a copy or refit."
+        )
     return array
+
+
+# An explicit ``centers`` parameter read from a store is refused beyond this many elements (1.6 GB
+# of float64), whatever its metadata claims.
+MAX_ARRAY_PARAM_ELEMENTS = 2 * 10**8
+
+
+def _max_centers(params: dict[str, Any], n: int, group: Any) -> int:
+    """The most centers a store's attributes allow: the training rows, or an explicit centers array
+    (bounded by :data:`MAX_ARRAY_PARAM_ELEMENTS`)."""
+    spec = params.get("centers")
+    if isinstance(spec, dict) and "array" in spec:
+        return max(n, MAX_ARRAY_PARAM_ELEMENTS // max(1, int(group.attrs["data"]["d"])))
+    return n
 
 
 def _array_paths(group: Any, prefix: str = "") -> list[str]:
@@ -849,17 +1042,30 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
             f"{location.url!r}, found {len(attrs['history'])} records and best_iter={best!r}; the "
             "attributes were edited or damaged: restore the store from a copy or refit."
         )
-    centers = _read_array(group, "centers", location, (-1, d))[...]
+    n_rows, iters = int(data["n"]), int(params_json["iters"])
+    m_expected = attrs.get("n_centers", -1)
+    centers = _read_array(
+        group,
+        "centers",
+        location,
+        (m_expected, d),
+        max_rows=_max_centers(params_json, n_rows, group),
+    )[...]
     m = centers.shape[0]
-    history_M = _read_array(group, "history/M", location, (-1, *m_shape))
-    # A run in progress also holds M_R, the next round's matrix, unless its last round is committed.
-    needed = rounds + 1 if not complete and rounds <= int(params_json["iters"]) else rounds
+    history_M = _read_array(group, "history/M", location, (-1, *m_shape), max_rows=iters + 2)
+    # A run in progress also holds M_R, the next round's matrix, unless its rounds have ended (all
+    # run, or the last record says they stopped: early stopping or the time budget).
+    ended = rounds > int(params_json["iters"]) or (
+        rounds > 0 and bool(attrs["history"][-1].get("stopped"))
+    )
+    needed = rounds + 1 if not complete and not ended else rounds
     if history_M.shape[0] < needed or (complete and history_M.shape[0] != rounds):
         raise StoreError(
             f"Expected array 'history/M' with {needed} rows (completed_rounds={rounds}) in the "
             f"store at {location.url!r}, found {history_M.shape[0]}; the store is damaged or was "
             "edited: restore it from a copy or refit."
         )
+    _restore_residuals(group, location, attrs, c)
     M_history = history_M[:rounds] if rounds else np.empty((0, *m_shape))
     preprocessing = _read_standardizer(group, "preprocessing", location, d)
     target_scaling = _read_standardizer(group, "target_scaling", location, c)
@@ -870,9 +1076,13 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
             coef = _read_array(group, "coef", location, (m, c))[...]
         else:
             M = M_history[int(best)]
-            coef = _read_array(group, "checkpoint/coef", location, (-1, m, c))[int(best)]
+            coef = _read_array(group, "checkpoint/coef", location, (-1, m, c), max_rows=iters + 2)[
+                int(best)
+            ]
         if attrs.get("refit") is not None and "refit/coef" in group:
-            centers = _read_array(group, "refit/centers", location, (-1, d))[...]
+            centers = _read_array(
+                group, "refit/centers", location, (-1, d), max_rows=max(m, n_rows)
+            )[...]
             coef = _read_array(group, "refit/coef", location, (centers.shape[0], c))[...]
         machine = KernelMachine(
             centers=centers,
@@ -886,12 +1096,52 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         )
     return StoredRun(
         attrs=attrs,
-        params=params_from_store(params_json, group),
+        params=params_from_store(params_json, group, location, d),
         machine=machine,
         M_history=np.asarray(M_history, dtype=np.float64),
         next_M=np.asarray(history_M[rounds], dtype=np.float64) if needed > rounds else None,
         classes=_read_classes(group, location, data.get("classes")),
+        data_vectors=_read_vectors(group, location, d, c, attrs["data"].get("eval_set")),
     )
+
+
+def _restore_residuals(group: Any, location: StoreLocation, attrs: dict[str, Any], c: int) -> None:
+    """Put the CG residuals of every record (rounds and refit) back from their arrays, in place."""
+    records = [*attrs["history"], attrs.get("refit")]
+    for record in records:
+        solve = (record or {}).get("solve", {})
+        residuals = solve.get("residuals")
+        if isinstance(residuals, dict) and "array" in residuals:
+            rows = int(solve.get("iterations", -1)) + 1
+            bound = int(attrs["params"].get("max_iter", 0)) + 1
+            if not 0 < rows <= bound:
+                raise StoreError(
+                    f"Expected at most {bound} CG residual records per solve in the store at "
+                    f"{location.url!r} (max_iter), found a record of {rows}; the store is damaged or "
+                    "was edited: restore it from a copy or refit."
+                )
+            array = _read_array(group, residuals["array"], location, (rows, c))
+            solve["residuals"] = np.asarray(array[...]).tolist()
+
+
+def _read_vectors(
+    group: Any, location: StoreLocation, d: int, c: int, eval_set: dict[str, Any] | None
+) -> dict[str, np.ndarray]:
+    """The fingerprint's per-column sums (none in stores written before they existed)."""
+    found = {}
+    sizes = {name: d if name.startswith("x_") else c for name in VECTORS}
+    if eval_set is not None:
+        sizes |= {
+            f"eval_{name}": (eval_set["d"] if name.startswith("x_") else eval_set["c"])
+            for name in VECTORS
+            if "d" in eval_set
+        }
+    for name, size in sizes.items():
+        if f"fingerprint/{name}" in group:
+            found[name] = np.asarray(
+                _read_array(group, f"fingerprint/{name}", location, (size,))[...]
+            )
+    return found
 
 
 def check_same_run(
@@ -901,8 +1151,13 @@ def check_same_run(
     estimator: str,
     params: dict[str, Any],
     fingerprint: dict[str, Any],
+    vectors: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Refuse to resume (or reuse) a stored run with another estimator class, parameters or data.
+
+    The data are compared by their fingerprints (:func:`data_fingerprint`): exactly for shape, dtype,
+    classes and the row hashes, to a relative 1e-9 for the per-column sums over every row (``vectors``;
+    stores written before they existed compare the rest).
 
     Raises
     ------
@@ -922,18 +1177,45 @@ def check_same_run(
             same = old_array.shape == new_array.shape and np.array_equal(old_array, new_array)
         if not same:
             differences.append(f"parameter {name}: {_short(old)} vs {_short(new)}")
-    for key in ("n", "d", "n_outputs", "dtype", "classes", "hash", "eval_set"):
-        if stored.attrs["data"].get(key) != fingerprint.get(key):
+    stored_data = stored.attrs["data"]
+    for key in ("n", "d", "n_outputs", "dtype", "classes", "hash", "sample_hash", "eval_set"):
+        if key == "sample_hash" and key not in stored_data:
+            continue  # a store from before the full-data fingerprint
+        if stored_data.get(key) != fingerprint.get(key):
             differences.append(
-                f"data {key}: {_short(stored.attrs['data'].get(key))} vs "
-                f"{_short(fingerprint.get(key))}"
+                f"data {key}: {_short(stored_data.get(key))} vs {_short(fingerprint.get(key))}"
+                f"{FINGERPRINT_HINTS.get(key, '')}"
             )
+    if stored.data_vectors and vectors is not None:
+        for line in differences_of(stored.data_vectors, vectors):
+            differences.append(f"data {line}")
     if differences:
         raise StoreError(
             f"Expected the same estimator, parameters and data as the run stored at "
             f"{location.url!r}, found differences (stored vs given): {'; '.join(differences)}; pass "
             "the run's data and parameters, or start a new run with overwrite=True or another path."
         )
+
+
+# What a differing part of the fingerprint usually means, for the resume refusal.
+FINGERPRINT_HINTS = {
+    "hash": " (the first or last rows differ)",
+    "sample_hash": " (the rows at an even stride differ: values changed or rows moved)",
+}
+
+
+def differences_of(stored: dict[str, np.ndarray], given: dict[str, np.ndarray]) -> list[str]:
+    """:func:`rfmdist.fingerprint.differences`, each with what it usually means."""
+    hints = {
+        "sum": "values changed or a column rescaled",
+        "sumsq": "values changed or a column rescaled",
+        "weighted": "rows moved or values changed",
+    }
+    found = []
+    for line in differences(stored, given):
+        kind = line.split(" ", 1)[0].rsplit("_", 1)[-1]
+        found.append(f"{line}: {hints.get(kind, 'the data differ')}")
+    return found
 
 
 def _short(value: Any, limit: int = 60) -> str:

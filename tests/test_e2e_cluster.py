@@ -79,6 +79,7 @@ class Cluster:
     """A scheduler and ``n`` single-threaded worker processes (no nanny: a worker's PID is its own)."""
 
     def __init__(self, folder: Path, n_workers: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         self.scheduler_file = folder / "scheduler.json"
         self.workers: list[subprocess.Popen] = []
         self.logs = folder
@@ -354,3 +355,46 @@ def test_bad_scheduler_is_refused_quickly(cpu_act, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_scheduler_killed_then_resumed_on_a_new_one(tmp_path, cpu_act, undisturbed):
+    """SIGKILL the ``dask scheduler`` mid-fit: the CLI exits 1 with one line naming --resume, the
+    store keeps its committed rounds, and --resume on a new scheduler gives the undisturbed model."""
+    first = Cluster(tmp_path / "first", n_workers=2)
+    out = tmp_path / "model.zarr"
+    try:
+        proc = start_fit(first, cpu_act, out)
+        try:
+            wait_for_first_round(proc, out)
+            assert proc.poll() is None and committed_rounds(out) < 5, "fit ended before the fault"
+            first.scheduler.send_signal(signal.SIGKILL)
+            first.scheduler.wait(timeout=30)
+            output, _ = proc.communicate(timeout=300)
+        finally:
+            stop([proc])
+    finally:
+        first.close()
+    kept = committed_rounds(out)
+    lines = [line for line in output.splitlines() if line.startswith("rfmdist fit:")]
+    assert proc.returncode == 1, output
+    assert len(lines) == 1 and "--resume" in lines[0] and "scheduler" in lines[0], output
+    assert "Traceback" not in output
+    assert 1 <= kept < 5
+    second = Cluster(tmp_path / "second", n_workers=2)
+    try:
+        resumed = rfmdist_cli(
+            "fit",
+            "--scheduler-file",
+            second.scheduler_file,
+            "--train",
+            cpu_act["train"],
+            "--out",
+            out,
+            *FIT_OPTIONS,
+            "--resume",
+        )
+    finally:
+        second.close()
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after {kept} committed rounds" in resumed.stderr
+    assert_same_predictions(out, undisturbed["pred"], cpu_act, FAULT_TOL)

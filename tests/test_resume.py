@@ -299,3 +299,75 @@ def test_version_1_stores_still_load(task, tmp_path):
     group.attrs.update({"format_version": 1})
     old = rfmdist.load(path)
     np.testing.assert_array_equal(old.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("middle row", r"data sample_hash.*|data x_sum differs in columns \[3\]"),
+        ("rows shuffled", r"x_weighted differs.*rows moved"),
+        ("column rescaled", r"x_sum differs in columns \[2\].*rescaled"),
+        ("validation row", r"eval_x_sum differs in columns \[1\]"),
+    ],
+)
+def test_resume_refuses_data_changed_anywhere(task, tmp_path, change, message):
+    """The fingerprint covers every row: a changed middle row (outside the first/last rows that the
+    old fingerprint hashed), the same rows in another order, a rescaled column, a changed
+    validation row: each refused, naming what differs."""
+    X, y, (X_val, y_val) = task
+    X, y, X_val = X[:400].copy(), y[:400].copy(), X_val.copy()
+    path = tmp_path / "run.zarr"
+    params = {"iters": 2, "random_state": 0}
+    RFMRegressor(**params).fit(X, y, eval_set=(X_val, y_val), store=path, callback=_stop_after(0))
+    if change == "middle row":
+        X[201, 3] += 0.5
+    elif change == "rows shuffled":
+        order = np.r_[0:16, np.random.default_rng(1).permutation(np.arange(16, 384)), 384:400]
+        X, y = X[order], y[order]  # the first and last 16 rows stay where they were
+    elif change == "column rescaled":
+        X[:, 2] *= 2.0
+    else:
+        X_val[77, 1] -= 0.25
+    with pytest.raises(StoreError, match=message):
+        RFMRegressor(**params).fit(X, y, eval_set=(X_val, y_val), store=path, resume=True)
+    assert _committed(path) == 1
+
+
+# --- a full disk during a commit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["round arrays", "attributes"])
+def test_disk_full_during_a_commit_keeps_the_previous_round(task, reference, tmp_path, what):
+    """Writes fail with ENOSPC (injected into Zarr's local store, where every file write goes) while
+    round 2 is committed: its arrays, or the attribute write that is the commit itself. The fit
+    raises an error that says so; the store keeps rounds 0 and 1; resume completes the same fit."""
+    import errno
+
+    import zarr.storage._local as local
+
+    X, y, eval_set = task
+    path = tmp_path / "run.zarr"
+    real_put = local._put
+    armed = {"on": False}
+
+    def full_disk(target, value, exclusive=False):
+        is_attrs = str(target) == str(path / "zarr.json")
+        if armed["on"] and (is_attrs if what == "attributes" else not is_attrs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_put(target, value, exclusive=exclusive)
+
+    def arm_after_round_1(outcome):
+        armed["on"] = outcome.round == 1
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local, "_put", full_disk)
+        with pytest.raises(OSError, match=r"could not commit round 2 .*No space left on device"):
+            RFMRegressor(**PARAMS).fit(
+                X, y, eval_set=eval_set, store=path, callback=arm_after_round_1
+            )
+    assert _committed(path) == 2
+    partial = rfmdist.load(path, incomplete=True)
+    assert len(partial.history_) == 2
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    _assert_same_fit(resumed, reference, X)
+    _assert_same_fit(rfmdist.load(path), reference, X)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -281,3 +282,63 @@ def test_every_written_metadata_state_is_consistent(tmp_path, monkeypatch):
         assert (best is None) if rounds == 0 else (0 <= best < rounds), attrs
     assert [a["completed_rounds"] for a in run_states][-1] == 3
     assert run_states[-1]["status"] == "complete"
+
+
+def _claim_shape(path: Path, array: str, shape: list[int]) -> None:
+    """Edit an array's metadata (only: no chunk is touched) to claim another shape."""
+    meta_path = path / array / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["shape"] = shape
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("array", "shape"),
+    [
+        ("centers", [10**6, 10**6]),  # 10^12 elements
+        ("history/M", [10**8, 4, 4]),
+        ("fingerprint/x_sum", [10**12]),
+    ],
+)
+def test_hostile_array_shapes_are_refused_before_reading(saved, array, shape):
+    """An array whose metadata claims 10^12 elements is refused from its metadata alone (the load
+    would otherwise allocate terabytes), with the expected shape in the message."""
+    _claim_shape(saved, array, shape)
+    with pytest.raises(StoreError, match=rf"Expected array '{array}' of shape .*found"):
+        rfmdist.load(saved)
+
+
+def test_hostile_explicit_centers_parameter_is_refused(tmp_path):
+    model, _ = _fit_case("explicit_centers")
+    path = tmp_path / "m.zarr"
+    model.save(path)
+    _claim_shape(path, "params/centers", [10**11, 4])
+    with pytest.raises(StoreError, match=r"Expected array 'params/centers' of shape \(<= "):
+        rfmdist.load(path)
+
+
+def test_cg_residuals_live_in_arrays_and_commits_stay_small(tmp_path):
+    """Per-iteration CG residuals go to one array per round: the attributes hold a summary, a
+    commit's metadata does not grow with iterations x outputs, and loading gives them back."""
+    X, y = _regression(n=600, d=5)
+    Y = np.column_stack([y, X[:, 0], X[:, 1] ** 2])
+    path = tmp_path / "run.zarr"
+    sizes = []
+    model = RFMRegressor(iters=2, solver="pcg", tol=1e-10, random_state=0, n_iter_no_change=None)
+    model.fit(
+        X,
+        Y,
+        store=path,
+        callback=lambda outcome: sizes.append((path / "zarr.json").stat().st_size),
+    )
+    group = zarr.open_group(str(path), mode="r")
+    for t, record in enumerate(group.attrs["history"]):
+        summary = record["solve"]["residuals"]
+        assert summary["array"] == f"history/residuals/{t}"
+        iterations = record["solve"]["iterations"]
+        assert group[summary["array"]].shape == (iterations + 1, 3)
+        assert iterations > 20  # enough iterations that the old inline lists were large
+    assert max(b - a for a, b in itertools.pairwise(sizes)) < 8_000
+    loaded = rfmdist.load(path)
+    for got, want in zip(loaded.history_, model.history_, strict=True):
+        np.testing.assert_allclose(got["solve"]["residuals"], want["solve"]["residuals"])

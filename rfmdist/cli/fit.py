@@ -189,17 +189,49 @@ def run(args: argparse.Namespace) -> int:
             X.numblocks[0],
             X.chunks[0][0],
         )
-        with _performance_report(args.report):
-            estimator.fit(
-                X,
-                train.y,
-                eval_set=None if val is None else (X_val, val.y),
-                store=args.out,
-                resume=args.resume,
-                overwrite=args.overwrite,
-            )
+        try:
+            with _performance_report(args.report):
+                estimator.fit(
+                    X,
+                    train.y,
+                    eval_set=None if val is None else (X_val, val.y),
+                    store=args.out,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                )
+        except Exception as err:
+            if scheduler_lost(client):
+                # Closing a client that is still trying to reconnect makes distributed log the
+                # cancelled reconnection with its traceback: expected now, and not the user's news.
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+                raise SchedulerLostError(_lost_message(client, args, err)) from err
+            raise
     _summary(estimator, args, time.perf_counter() - started)
     return 0
+
+
+class SchedulerLostError(RuntimeError):
+    """The Dask scheduler went away during the fit (exit 1; the store keeps its committed rounds)."""
+
+
+def scheduler_lost(client: Any) -> bool:
+    """True when ``client`` is no longer connected to its scheduler."""
+    return getattr(client, "status", "running") not in ("running", "newly-created")
+
+
+def _lost_message(client: Any, args: argparse.Namespace, err: BaseException) -> str:
+    from rfmdist.store import committed_rounds
+
+    try:
+        rounds = f"its {committed_rounds(args.out)} committed rounds"
+    except Exception:  # the store itself is unreadable: say so rather than fail again
+        rounds = "what it committed"
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "its address"
+    return (
+        f"lost the Dask scheduler at {address} during the fit ({type(err).__name__}); the store "
+        f"at {args.out} keeps {rounds}: start a scheduler and workers again and rerun the same "
+        "command with --resume (the resumed fit equals an uninterrupted one)"
+    )
 
 
 def choose_task(y: np.ndarray) -> tuple[str, str]:

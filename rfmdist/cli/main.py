@@ -1,7 +1,8 @@
 """Entry point of the ``rfmdist`` command: sub-commands, logging and exit codes.
 
 Exit codes scripts can trust: 0 success, 2 usage or bad input (one clear line on stderr, no traceback
-unless ``--log-level debug``), 1 any other failure.
+unless ``--log-level debug``), 1 any other failure. Log records keep their message but lose their
+traceback unless ``--log-level debug``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     debug = args.log_level == "debug"
+    for handler in logging.getLogger().handlers:
+        if debug:
+            handler.removeFilter(_without_traceback)
+        elif _without_traceback not in handler.filters:
+            handler.addFilter(_without_traceback)
     try:
         return int(args.run(args) or EXIT_OK)
     except (UsageError, *BAD_INPUT_ERRORS) as err:
@@ -96,6 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"rfmdist {args.command}: failed: {type(err).__name__}: {_one_line(err)}\n"
         )
         return EXIT_FAILURE
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Log filter: keep the message, drop the traceback (libraries such as distributed log them for
+    errors they recover from or that the command reports itself); ``--log-level debug`` keeps them."""
+    record.exc_info = None
+    record.exc_text = None
+    return True
 
 
 def _one_line(err: BaseException) -> str:
