@@ -99,3 +99,20 @@ def test_a_second_fit_is_refused_while_the_first_runs_and_resumes_after_it_dies(
 
 def _rounds(path) -> int:
     return int(zarr.open_group(str(path), mode="r").attrs.get("completed_rounds", 0))
+
+
+def test_the_command_line_refuses_a_second_writer_at_once(tmp_path):
+    """``rfmdist fit --resume`` on a store another fit is writing: exit 2 with one line, before
+    any data is read or a cluster started."""
+    url = str(tmp_path / "m.zarr")
+    np.savez(tmp_path / "train.npz", X=np.ones((10, 2)), y=np.arange(10.0))
+    with StoreLock(url):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "rfmdist.cli", "fit", "--train", str(tmp_path / "train.npz"),
+             "--out", url, "--resume"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "found one running" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30

@@ -361,6 +361,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
             "fit in --out, --overwrite starts over and replaces it."
         )
     io.check_output_path(args.out, what="model", allow_existing=True)
+    _check_no_other_writer(args.out)
     if not io.is_url(args.out) and os.path.exists(args.out) and not (args.resume or args.overwrite):
         raise FileExistsError(
             f"Expected no model at --out {args.out!r}, found one already; pass --overwrite to "
@@ -374,6 +375,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 "Expected bokeh for --report (Dask draws its performance report with it), found it "
                 "missing; fix: pip install bokeh (or drop --report)."
             )
+
+
+def _check_no_other_writer(out: str) -> None:
+    """Refuse at once (before any data is read or cluster started) when another fit holds the
+    store's lock; the fit takes the lock itself later (:mod:`rfmdist.locking`)."""
+    from rfmdist.locking import StoreLock, StoreLockedError
+    from rfmdist.store import store_location
+
+    lock = StoreLock(store_location(out).url)
+    owner = lock.owner()
+    if owner is not None and not lock.is_stale(owner):
+        raise StoreLockedError(
+            f"Expected no other fit writing --out {out!r}, found one running (host "
+            f"{owner.get('host')}, pid {owner.get('pid')}; lock file {lock.path}); wait for it to "
+            "finish or stop it (a fit whose process is gone is taken over by --resume)."
+        )
 
 
 def _make_estimator(task: str, params: dict[str, Any]) -> Any:
