@@ -59,6 +59,7 @@ from rfmdist.locking import StoreLock
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import active_client, chunk_rows_for
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
+from rfmdist.sizing import CentersChoice, auto_centers, cluster_cores, local_cores
 from rfmdist.solvers import costs
 from rfmdist.store import (
     RunHeader,
@@ -74,7 +75,6 @@ from rfmdist.store import (
     store_location,
 )
 from rfmdist.training import (
-    AUTO_CENTERS,
     SOLVERS,
     STOP_CALLBACK,
     RoundConfig,
@@ -142,7 +142,12 @@ class _RFMBase(BaseEstimator):
         time where ``n`` exceeds 5,000; with 2,000 one set lost 3.7 % MSE.
     centers : 'auto', None, int or array of shape (m, d), default='auto'
         None: all rows (exact system). int: that many rows drawn uniformly as Nyström centers.
-        array: explicit centers (raw feature space). 'auto': all rows up to 20,000, else 20,000 centers.
+        array: explicit centers (raw feature space). 'auto': from the rows, the features, the cores
+        the passes run on and the memory (:func:`rfmdist.sizing.auto_centers`): all rows while their
+        exact system costs at most that of 20,000 rows on 2 cores (scaled with the cores) and fits
+        memory, beyond it the most Nyström centers within that work per round, and never fewer than
+        ``sqrt(n)`` (on 2 cores: 9,400 centers of 30,000 rows, 3,600 of 200,000, 1,600 of 1
+        million, 3,100 of 10 million). The choice is logged at the start of the fit.
     solver : {'auto', 'direct', 'mixed', 'pcg'}, default='auto'
         'direct': float64 Cholesky. 'mixed' (exact systems): float32 Cholesky refined to float64
         accuracy by a few CG iterations (half the factorisation time; Nyström systems take
@@ -366,7 +371,7 @@ class _RFMBase(BaseEstimator):
 
         if not is_dask_array(X) and active_client() is not None:
             n = int(X.shape[0])
-            rows = chunk_rows_for(n, min(n, AUTO_CENTERS), X.shape[1], config.dtype.itemsize, 2)
+            rows = chunk_rows_for(n, self._center_count(n), X.shape[1], config.dtype.itemsize, 2)
             X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
             Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
         return on_device(X, config.device), Y
@@ -416,7 +421,9 @@ class _RFMBase(BaseEstimator):
         return TrainingData(
             X=Xp,
             Y=Y,
-            score=lambda pred: self._score_predictions(pred, truth),
+            score=lambda pred, rows=None: self._score_predictions(
+                pred, truth if rows is None else truth[rows]
+            ),
             center_rows=center_rows,
             centers=center_values,
             preprocessing=preprocessing,
@@ -427,7 +434,7 @@ class _RFMBase(BaseEstimator):
     ) -> tuple[np.ndarray | None, Any]:
         spec = self.centers
         if isinstance(spec, str) and spec == "auto":
-            spec = None if n <= AUTO_CENTERS else AUTO_CENTERS
+            spec = self._centers_choice.n_centers
         if spec is None or (isinstance(spec, numbers.Integral) and spec >= n):
             centers = Xp.compute() if is_dask_array(Xp) else Xp
             return None, centers
@@ -457,6 +464,7 @@ class _RFMBase(BaseEstimator):
         store: str | os.PathLike[str] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        progress: Any = None,
     ) -> _RFMBase:
         """Fit rounds ``0 .. iters`` and keep the best (on ``eval_set``) or the last.
 
@@ -482,6 +490,10 @@ class _RFMBase(BaseEstimator):
         overwrite : bool, default=False
             Replace a model at ``store``: the new run is written beside it (``<store>.partial``) and
             moved over it only when it completes. Without it an existing store is refused.
+        progress : FitProgress, optional
+            Told of every round's start and end and of every CG iteration, with the iterations and
+            seconds predicted to be left (:mod:`rfmdist.progress`; e.g. ``TerminalProgress()``).
+            By default these go to logging (iterations at DEBUG).
 
         Returns
         -------
@@ -500,7 +512,7 @@ class _RFMBase(BaseEstimator):
         # One writer per store, from before anything at the path is looked at to the end.
         lock = contextlib.nullcontext() if store is None else StoreLock(store_location(store).url)
         with lock:
-            return self._fit(X, y, eval_set, callback, store, resume, overwrite)
+            return self._fit(X, y, eval_set, callback, store, resume, overwrite, progress)
 
     def _fit(
         self,
@@ -511,6 +523,7 @@ class _RFMBase(BaseEstimator):
         store: str | os.PathLike[str] | None,
         resume: bool,
         overwrite: bool,
+        progress: Any = None,
     ) -> _RFMBase:
         """The body of :meth:`fit` (the store, if any, locked)."""
         device = resolve_device(self.device)
@@ -548,12 +561,15 @@ class _RFMBase(BaseEstimator):
             else int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         )
         config = self._round_config(seed, device)
+        split = self._internal_split(n, seed) if validation is None else None
+        self._centers_choice = self._auto_centers(
+            n if split is None else len(split[0]), int(X.shape[1]), device, previous
+        )
         X, Y = self._device_rows(X, Y, config)
         preprocessing = (
             Standardizer.from_statistics(statistics) if self.standardize else Standardizer()
         )
         truth = self._train_truth
-        split = self._internal_split(n, seed) if validation is None else None
         if split is None:
             data = self._training_data(X, Y, preprocessing, truth, seed, config)
             if validation is not None:
@@ -589,15 +605,43 @@ class _RFMBase(BaseEstimator):
                 )
             )
         with self._compute_context(device):
-            result = self._run_rounds(data, config, validation, previous, writer, callback)
+            result = self._run_rounds(
+                data, config, validation, previous, writer, callback, progress
+            )
             stopped = result.stop_reason == STOP_CALLBACK
             if split is not None and not stopped:
                 self._refit_on_all_rows(
-                    X, Y, preprocessing, data, split[0], config, previous, writer
+                    X, Y, preprocessing, data, split[0], config, previous, writer, progress
                 )
         if writer is not None:
             self._finish_run(writer, plan, stopped)
         return self
+
+    def _auto_centers(
+        self, n_rows: int, n_features: int, device: str, previous: StoredRun | None
+    ) -> CentersChoice:
+        """What ``centers='auto'`` means for this fit (logged); a resumed fit keeps its stored count."""
+        client = active_client()
+        cores = local_cores() if client is None else cluster_cores(client)
+        if previous is not None:
+            # Stores of format 1 have no count; their 'auto' was min(n, 20,000).
+            m = int(previous.attrs.get("n_centers", min(n_rows, 20_000)))
+            return CentersChoice(None if m >= n_rows else m, "stored", cores)
+        choice = auto_centers(n_rows, n_features, cores, memory.available_bytes(device))
+        if isinstance(self.centers, str) and self.centers == "auto":
+            logger.info("centers='auto': %s", choice.describe(n_rows))
+        return choice
+
+    def _center_count(self, n_rows: int) -> int:
+        """How many centers the rounds use (``n_rows`` for the exact system)."""
+        spec = self.centers
+        if isinstance(spec, str):
+            return self._centers_choice.n_centers or n_rows
+        if spec is None:
+            return n_rows
+        if isinstance(spec, numbers.Integral):
+            return min(n_rows, int(spec))
+        return int(np.shape(spec)[0])
 
     def _internal_split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Sorted (train, validation) row indices for early stopping without ``eval_set``, or None.
@@ -632,6 +676,7 @@ class _RFMBase(BaseEstimator):
         config: RoundConfig,
         previous: StoredRun | None,
         writer: RunWriter | None,
+        progress: Any = None,
     ) -> None:
         """Fit the kept round's ``M`` once more on all rows (the rounds saw the training part of an
         internal validation split), and keep that model; committed to the store when there is one."""
@@ -654,7 +699,7 @@ class _RFMBase(BaseEstimator):
         full.rates = data.rates
         full.workspace = data.workspace
         started = time.perf_counter()
-        outcome = refit_round(full, config, self.M_, self.best_iter_)
+        outcome = refit_round(full, config, self.M_, self.best_iter_, progress)
         self.refit_ = outcome.record | {
             "rows": full.n_rows,
             "seconds": time.perf_counter() - started,
@@ -728,6 +773,7 @@ class _RFMBase(BaseEstimator):
         previous: StoredRun | None,
         writer: RunWriter | None,
         callback: Callable[[RoundOutcome], bool | None] | None,
+        progress: Any = None,
     ) -> RoundsResult:
         """Run (the remaining) rounds, committing each to ``writer``; set the fitted attributes."""
 
@@ -756,6 +802,7 @@ class _RFMBase(BaseEstimator):
                 previous.next_M,
             ),
             on_round=on_round,
+            progress=progress,
         )
         self.history_ = result.history
         self.M_history_ = result.M_history

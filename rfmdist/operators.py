@@ -7,6 +7,7 @@ its ``m`` centers) and offers, without ever holding more than one row block of t
 - ``matvec(V)``         ``K(X, Z) V``           (n, c)
 - ``rmatvec(U)``        ``K(X, Z)^T U``         (m, c)
 - ``normal_matvec(V)``  ``K^T (K V)``           (m, c), each block's kernel computed once per pass
+- ``gram_and_rmatvec(U)`` ``K^T K`` and ``K^T U`` (m, m) and (m, c), one pass
 - ``agop_sum(coef)``    ``sum_x J(x)^T J(x)``   (d, d) or (d,), float64
 
 :class:`BlockedKernelOperator` loops over row blocks of an in-memory NumPy/CuPy array;
@@ -95,6 +96,10 @@ def _block_matvec(K: Any, V: Any) -> Any:
 
 def _block_rmatvec(K: Any, U: Any) -> Any:
     return _product(K.T, U.astype(K.dtype, copy=False))
+
+
+def _block_gram_rhs(K: Any, U: Any) -> tuple[Any, Any]:
+    return K.T @ K, _product(K.T, U.astype(K.dtype, copy=False))
 
 
 def _block_normal(K: Any, V: Any) -> Any:
@@ -246,6 +251,19 @@ class BlockedKernelOperator:
         """``K^T K``, shape (m, m), float64: for direct solves of small Nyström systems."""
         total = ordered_sum(self._map(lambda rows, K: _block_normal(K, None)))
         return total.astype(get_namespace(total).float64, copy=False)
+
+    def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
+        """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each block's kernel once), float64.
+
+        Parameters
+        ----------
+        U : array, shape (n, c)
+        """
+        parts = self._map(lambda rows, K: _block_gram_rhs(K, U[rows]))
+        gram = ordered_sum([g for g, _ in parts])
+        rhs = ordered_sum([r for _, r in parts])
+        xp = get_namespace(gram)
+        return gram.astype(xp.float64, copy=False), rhs.astype(xp.float64, copy=False)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sum over (a subset of) the rows.
@@ -450,6 +468,37 @@ class DaskKernelOperator:
 
         return self._tree_sum(build)
 
+    def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
+        """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each chunk's kernel once), float64,
+        tree-reduced together; U a Dask array (n, c)."""
+        import dask.array as da
+
+        m, width = self.prepared.n_centers, U.shape[1]
+
+        def build() -> Any:
+            source, cached = self._source()
+            rows = U.rechunk((source.chunks[0], (width,)))
+            return da.blockwise(
+                _gram_rhs_task,
+                "imc",
+                source,
+                "ij",
+                rows,
+                "ik",
+                self._shared,
+                None,
+                cached,
+                None,
+                new_axes={"m": m, "c": m + width},
+                adjust_chunks={"i": 1},
+                concatenate=True,
+                dtype=np.float64,
+                meta=source._meta.astype(np.float64)[None],
+            )
+
+        both = self._tree_sum(build)
+        return both[:, :m], both[:, m:]
+
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
         import dask.array as da
@@ -543,6 +592,12 @@ def _matvec_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) 
 def _normal_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) -> Any:
     op = _chunk_operator(chunk, prepared, cached)
     return (op.gram() if V is None else op.normal_matvec(V))[None]
+
+
+def _gram_rhs_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) -> Any:
+    gram, rhs = _chunk_operator(chunk, prepared, cached).gram_and_rmatvec(U)
+    xp = get_namespace(gram)
+    return xp.concatenate([gram, rhs], axis=1)[None]
 
 
 def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) -> Any:

@@ -56,7 +56,24 @@ def blas_limit_for_dask(collection: Any) -> Any:
 
 
 def compute_dask(collection: Any) -> Any:
-    """``collection.compute()``, with BLAS on one thread where Dask's thread pool runs the tasks."""
+    """``collection.compute()``, with BLAS on one thread where Dask's thread pool runs the tasks; on
+    a distributed client, with its text progress bar while :func:`rfmdist.progress.pass_progress` is
+    on (the command line's progress display)."""
+    from rfmdist.progress import show_pass_progress
+
+    if show_pass_progress():
+        try:
+            from distributed import default_client, progress
+        except ImportError:  # pragma: no cover - distributed is a core dependency
+            progress = None
+        try:
+            client = None if progress is None else default_client()
+        except ValueError:
+            client = None
+        if client is not None:
+            future = client.compute(collection)
+            progress(future)
+            return future.result()
     with blas_limit_for_dask(collection):
         return collection.compute()
 

@@ -33,6 +33,7 @@ from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator, active_client
+from rfmdist.progress import CGTracker, LogProgress
 from rfmdist.solvers import costs
 from rfmdist.solvers.systems import ExactSystem, NystromSystem, PCGSettings, solve_system
 from rfmdist.threads import blas_threads, compute_dask
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 # 'auto' centers: all rows (the exact system) up to this many rows, this many Nyström centers beyond.
 AUTO_CENTERS = 20_000
+# The training score of a round whose solve does not give the predictions is estimated on this many
+# rows (at an even stride).
+TRAIN_SCORE_ROWS = 20_000
 # Exact systems with at most this many rows are solved by float64 Cholesky without consulting the
 # cost model: every solver takes well under a second there, and float64 Cholesky is the reference.
 SMALL_EXACT_ROWS = 2_000
@@ -125,7 +129,8 @@ class TrainingData:
     Y : array or dask.array.Array, shape (n, c)
         Float targets (one-hot for classification), scaled by ``target_scaling``.
     score : callable
-        ``score(predictions (n, c) numpy, in target units) -> float`` on the training rows.
+        ``score(predictions, rows=None) -> float``: the score of predictions (numpy, in target units)
+        of the training rows ``rows`` (an index array; None: all, in order).
     center_rows : numpy.ndarray of int or None
         Row indices of the Nyström centers; None for the exact system (all rows).
     centers : array, shape (m, d)
@@ -170,6 +175,32 @@ class TrainingData:
         if is_dask_array(self.X):
             return DaskKernelOperator(self.X, prepared, cache=cache, split_every=split_every)
         return BlockedKernelOperator(self.X, prepared, cache=cache, workspace=self.workspace)
+
+    def train_score(self, prepared: Any, coef: Any, train_pred: Any = None) -> tuple[float, int]:
+        """The training score of a round: from ``train_pred`` (all rows) when the solve gave them,
+        else from the predictions of at most :data:`TRAIN_SCORE_ROWS` rows drawn at an even stride
+        (a full pass over millions of rows for one number would cost as much as the solve).
+
+        Returns
+        -------
+        score : float
+        rows : int
+            How many rows it was computed on.
+        """
+        if train_pred is not None:
+            pred = self.target_scaling.inverse(to_numpy(train_pred))
+            return float(self.score(pred)), self.n_rows
+        rows = None
+        X = self.X
+        if self.n_rows > TRAIN_SCORE_ROWS:
+            rows = np.unique(np.linspace(0, self.n_rows - 1, TRAIN_SCORE_ROWS).astype(np.int64))
+            X = X[rows] if is_dask_array(X) else X[get_namespace(X).asarray(rows)]
+        if is_dask_array(X):
+            X = compute_dask(X)
+        xp = get_namespace(X)
+        pred = BlockedKernelOperator(X, prepared).predict(xp.asarray(coef))
+        pred = self.target_scaling.inverse(to_numpy(pred))
+        return float(self.score(pred, rows)), self.n_rows if rows is None else len(rows)
 
     def targets_on_client(self) -> Any:
         """``Y`` as a float64 in-memory array (computed once for Dask data)."""
@@ -325,7 +356,14 @@ def solve_with_watch(
         fallback_seconds=choice.fallback.seconds,
         iteration_seconds=choice.iteration_seconds,
     )
-    solved = solve_system(system, "pcg", replace(settings, callback=watch))
+    report = settings.callback
+
+    def watched(iteration: int, x: Any, residuals: list[float]) -> bool:
+        if report is not None:
+            report(iteration, x, residuals)
+        return watch(iteration, x, residuals)
+
+    solved = solve_system(system, "pcg", replace(settings, callback=watched))
     if watch.stopped is None:
         return solved, float(solved.record["iterations"])
     stop = watch.stopped
@@ -361,6 +399,8 @@ def iterate_rounds(
     start_M: np.ndarray | None = None,
     validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
     pcg_iterations: float | None = None,
+    progress: Any = None,
+    stage: str = "round",
 ) -> Iterator[RoundOutcome]:
     """Run rounds ``start_round .. config.iters``, yielding each as it finishes.
 
@@ -376,7 +416,12 @@ def iterate_rounds(
         Raw validation features (NumPy, CuPy or Dask) and ``score(predictions) -> float``.
     pcg_iterations : float, optional
         CG iterations of the last PCG round before ``start_round`` (for the cost model).
+    progress : FitProgress, optional
+        Told of every round and CG iteration (:mod:`rfmdist.progress`; default: logging).
+    stage : {'round', 'refit'}
+        What the rounds are, for ``progress``.
     """
+    progress = LogProgress() if progress is None else progress
     d = int(data.X.shape[1])
     M = (
         identity_metric(d, config.diag)
@@ -398,11 +443,13 @@ def iterate_rounds(
         )
         op = data.operator(prepared, cache=cache, split_every=config.split_every)
         system = build_system(op, data, prepared, config)
+        progress.round_started(t, config.iters, {"solver": solver, "n_centers": m, "stage": stage})
         settings = PCGSettings(
             tol=config.tol,
             max_iter=config.max_iter,
             preconditioner_rank=config.preconditioner_rank,
             seed=(config.seed, 2, t),
+            callback=CGTracker(t, config.tol, config.max_iter, progress),
         )
         solved, iterations = solve_with_watch(system, solver, settings, choice)
         if iterations is not None:
@@ -425,11 +472,13 @@ def iterate_rounds(
             "n_centers": m,
             "cached_kernel": cache,
             "solve": solved.record,
-            "train_score": float(
-                data.score(data.target_scaling.inverse(to_numpy(solved.train_pred)))
-            ),
+            "train_score": None,
+            "train_score_rows": None,
             "val_score": None,
         }
+        record["train_score"], record["train_score_rows"] = data.train_score(
+            prepared, solved.coef, solved.train_pred
+        )
         if validation is not None:
             X_val, val_score = validation
             pred = machine.decision(X_val)
@@ -455,18 +504,27 @@ def iterate_rounds(
             solver,
             record["seconds"],
         )
-        yield RoundOutcome(round=t, machine=machine, record=record, next_M=next_M)
+        outcome = RoundOutcome(round=t, machine=machine, record=record, next_M=next_M)
+        progress.round_finished(outcome)
+        yield outcome
         if next_M is not None:
             M = next_M
 
 
 def refit_round(
-    data: TrainingData, config: RoundConfig, M: np.ndarray, round_index: int
+    data: TrainingData,
+    config: RoundConfig,
+    M: np.ndarray,
+    round_index: int,
+    progress: Any = None,
 ) -> RoundOutcome:
     """Fit round ``round_index``'s feature matrix ``M`` on ``data`` once more (one solve, no AGOP,
     no validation): the final model of a fit whose rounds saw only part of the rows."""
     last = replace(config, iters=round_index)
-    return next(iterate_rounds(data, last, start_round=round_index, start_M=M))
+    rounds = iterate_rounds(
+        data, last, start_round=round_index, start_M=M, progress=progress, stage="refit"
+    )
+    return next(rounds)
 
 
 @dataclass
@@ -555,6 +613,7 @@ def run_rounds(
     validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
     previous: tuple[list[dict[str, Any]], list[np.ndarray], RoundOutcome, np.ndarray] | None = None,
     on_round: Callable[[RoundOutcome, int, list[dict[str, Any]]], bool] | None = None,
+    progress: Any = None,
 ) -> RoundsResult:
     """Run the rounds and keep the best, stopping early on validation or on the time budget.
 
@@ -571,6 +630,8 @@ def run_rounds(
         ``on_round(outcome, best_round, history)`` after each round (commit it, call the user's
         callback); True stops the rounds after it. The round's record already says whether the
         rounds stop after it for another reason (``"stopped"``).
+    progress : FitProgress, optional
+        See :func:`iterate_rounds`.
 
     Returns
     -------
@@ -593,6 +654,7 @@ def run_rounds(
         start_M=None if previous is None else previous[3],
         validation=validation,
         pcg_iterations=float(iterations[-1]) if iterations else None,
+        progress=progress,
     )
     stop_reason = STOP_ITERS
     for outcome in rounds:

@@ -38,6 +38,10 @@ def assert_operator_matches_dense(op, problem, U_arg):
     np.testing.assert_allclose(op.rmatvec(U_arg), K.T @ U, rtol=1e-6)
     np.testing.assert_allclose(op.normal_matvec(V), K.T @ (K @ V), rtol=1e-6)
     np.testing.assert_allclose(op.gram(), K.T @ K, rtol=1e-6)
+    gram, rhs = op.gram_and_rmatvec(U_arg)
+    np.testing.assert_allclose(gram, K.T @ K, rtol=1e-6)
+    np.testing.assert_allclose(rhs, K.T @ U, rtol=1e-6)
+    assert gram.dtype == rhs.dtype == np.float64
     pred = op.predict(V)
     np.testing.assert_allclose(pred.compute() if hasattr(pred, "dask") else pred, K @ V, rtol=1e-6)
     for diag_m in (False, True):

@@ -79,6 +79,13 @@ def register(sub: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--report", metavar="FILE.html", help="Write a Dask performance report of the fit."
     )
+    out.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="Progress bars (rounds, CG iterations with the time left, Dask's bar per pass); "
+        "auto: when the output is a terminal.",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--task",
@@ -181,16 +188,17 @@ def run(args: argparse.Namespace) -> int:
     if train.named:
         estimator.feature_names_in_ = np.asarray(train.feature_names, dtype=object)
     with cluster_client(args) as client:
-        X = _chunked(train.X, args.chunk_rows, estimator_params, n_workers(client))
-        X_val = None if val is None else val.X.rechunk({0: X.chunks[0][0]})
-        logger.info(
-            "fitting %s on %d row chunks of %d rows",
-            type(estimator).__name__,
-            X.numblocks[0],
-            X.chunks[0][0],
+        params = estimator.get_params()
+        held_out = (
+            val is None
+            and params["n_iter_no_change"] is not None
+            and params["validation_fraction"] is not None
         )
+        X = _chunked(train.X, args.chunk_rows, params, client, held_out)
+        X_val = None if val is None else val.X.rechunk({0: X.chunks[0][0]})
+        progress = _progress(args.progress)
         try:
-            with _performance_report(args.report):
+            with _performance_report(args.report), _passes(progress):
                 estimator.fit(
                     X,
                     train.y,
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
                     store=args.out,
                     resume=args.resume,
                     overwrite=args.overwrite,
+                    progress=progress,
                 )
         except Exception as err:
             if scheduler_lost(client):
@@ -208,6 +217,19 @@ def run(args: argparse.Namespace) -> int:
             raise
     _summary(estimator, args, time.perf_counter() - started)
     return 0
+
+
+def _progress(mode: str) -> Any:
+    """The terminal progress display (on stdout) for ``--progress``, or None (logging only)."""
+    from rfmdist.progress import TerminalProgress
+
+    on = mode == "on" or (mode == "auto" and sys.stdout.isatty())
+    return TerminalProgress(sys.stdout) if on else None
+
+
+def _passes(progress: Any) -> Any:
+    """With the terminal display, Dask's bar for every pass over the cluster's data."""
+    return contextlib.nullcontext() if progress is None else progress.passes()
 
 
 class SchedulerLostError(RuntimeError):
@@ -400,21 +422,41 @@ def _make_estimator(task: str, params: dict[str, Any]) -> Any:
     return cls(**params)
 
 
-def _chunked(X: Any, chunk_rows: int | None, params: dict[str, Any], workers: int) -> Any:
+def _chunked(
+    X: Any, chunk_rows: int | None, params: dict[str, Any], client: Any, held_out: bool
+) -> Any:
+    """``X`` in row chunks: ``--chunk-rows``, or about 0.1 s of kernel work each for the centers
+    the fit will use (:mod:`rfmdist.sizing`) and at least one per worker; the choice is logged.
+
+    ``params`` are the estimator's; ``held_out``: the rounds see only the training part of an
+    internal validation split."""
+    from rfmdist import memory
     from rfmdist.operators import chunk_rows_for
-    from rfmdist.training import AUTO_CENTERS
+    from rfmdist.sizing import auto_centers, cluster_cores
 
     n, d = int(X.shape[0]), int(X.shape[1])
+    centers = params["centers"]
+    fraction = params["validation_fraction"] if held_out else 0.0
+    rounds_rows = max(1, n - round(fraction * n))
+    if centers == "auto":
+        choice = auto_centers(rounds_rows, d, cluster_cores(client), memory.available_bytes("cpu"))
+        m = choice.n_centers or rounds_rows
+        logger.info("centers='auto': %s", choice.describe(rounds_rows))
+    else:
+        m = rounds_rows if centers is None else min(rounds_rows, centers)
     if chunk_rows is None:
-        centers = params["centers"]
-        m = (
-            n
-            if centers is None
-            else (min(n, AUTO_CENTERS) if centers == "auto" else min(n, centers))
-        )
         dtype = params["dtype"] or ("float32" if params["device"] == "gpu" else "float64")
-        chunk_rows = chunk_rows_for(n, m, d, np.dtype(dtype).itemsize, workers)
-    return X.rechunk({0: int(chunk_rows), 1: -1})
+        chunk_rows = chunk_rows_for(n, m, d, np.dtype(dtype).itemsize, n_workers(client))
+    chunked = X.rechunk({0: int(chunk_rows), 1: -1})
+    logger.info(
+        "%d row chunks of %d rows over %d workers (%d cores); AGOP on %s rows a round",
+        chunked.numblocks[0],
+        chunked.chunks[0][0],
+        n_workers(client),
+        cluster_cores(client),
+        "all" if params.get("agop_samples") is None else f"{params['agop_samples']:,}",
+    )
+    return chunked
 
 
 @contextlib.contextmanager

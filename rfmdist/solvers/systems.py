@@ -62,8 +62,9 @@ class SolveOutcome:
     ----------
     coef : array, shape (m, c), float64
         ``a`` (exact system, ``m = n``) or ``b`` (Nyström system).
-    train_pred : array, shape (n, c)
-        ``K(X, Z) coef``: the training rows' predictions.
+    train_pred : array, shape (n, c), or None
+        ``K(X, Z) coef``: the training rows' predictions, when the solve gives them without another
+        pass over the data (the exact system); None otherwise.
     record : dict
         JSON-ready: solver, seconds, iterations and residuals (PCG), jitter (direct).
     """
@@ -218,20 +219,25 @@ class NystromSystem:
         return CentersPreconditioner(self.K_mm, self.n_rows, self.reg, resolution=self.resolution)
 
     def solve_direct(self) -> SolveOutcome:
-        """Cholesky of ``K_nm^T K_nm + reg K_mm`` (the ``m x m`` Gram matrix by one pass)."""
+        """Cholesky of ``K_nm^T K_nm + reg K_mm``: the ``m x m`` Gram matrix and the right-hand side
+        from one pass."""
         start = time.perf_counter()
-        A = self.op.gram() + self.reg * self.K_mm
+        xp = get_namespace(self.K_mm)
+        gram, rhs = self.op.gram_and_rmatvec(self.Y)
+        self._rhs = xp.asarray(rhs, dtype=np.float64)
+        A = xp.asarray(gram, dtype=np.float64) + self.reg * self.K_mm
         factor, jitter = cholesky_jittered(A, 0.0, what="K_nm^T K_nm + reg K_mm")
         rhs = self.rhs()
         coef = solve_triangular(
             factor, solve_triangular(factor, rhs, lower=True), lower=True, trans=True
         )
         record = {"solver": "direct", "jitter": jitter, "seconds": time.perf_counter() - start}
-        return SolveOutcome(coef, self.predictions(coef), record)
+        return SolveOutcome(coef, None, record)
 
-    def predictions(self, coef: Any) -> Any:
-        """``K_nm coef``, shape (n, c)."""
-        return self.op.predict(coef)
+    def predictions(self, coef: Any) -> None:
+        """None: the training predictions would cost a pass over the data (the round loop scores a
+        sample of the rows instead)."""
+        return None
 
 
 def solve_pcg(system: Any, settings: PCGSettings, *, x0: Any = None) -> SolveOutcome:
