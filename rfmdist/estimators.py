@@ -627,7 +627,14 @@ class _RFMBase(BaseEstimator):
             # Stores of format 1 have no count; their 'auto' was min(n, 20,000).
             m = int(previous.attrs.get("n_centers", min(n_rows, 20_000)))
             return CentersChoice(None if m >= n_rows else m, "stored", cores)
-        choice = auto_centers(n_rows, n_features, cores, memory.available_bytes(device))
+        choice = auto_centers(
+            n_rows,
+            n_features,
+            cores,
+            memory.available_bytes(device),
+            worker_bytes=None if client is None else memory.worker_bytes(client),
+            split_every=int(self.split_every),
+        )
         if isinstance(self.centers, str) and self.centers == "auto":
             logger.info("centers='auto': %s", choice.describe(n_rows))
         return choice

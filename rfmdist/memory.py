@@ -184,6 +184,26 @@ def workers_cache_bytes(client: Any) -> int:
     return _capped(max(0, min(rooms)) * host_fraction() * len(rooms))
 
 
+def worker_bytes(client: Any) -> int:
+    """Bytes one task of ``client``'s most constrained worker may hold for ``m x m`` partial sums:
+    its room (memory limit minus what its process holds; without a limit the host's available
+    memory) times :func:`host_fraction`, halved (a persisted kernel may take the other half), per
+    thread.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    """
+    workers = client.scheduler_info().get("workers", {})
+    rooms = []
+    for info in workers.values():
+        limit = int(info.get("memory_limit") or 0)
+        used = int(info.get("metrics", {}).get("memory", 0))
+        room = (limit - used) if limit else host_available_bytes()
+        rooms.append(max(0, room) / max(1, int(info.get("nthreads", 1))))
+    return int(min(rooms, default=0) * host_fraction() / 2)
+
+
 class Workspace:
     """Large arrays that a fit reuses from round to round instead of allocating them anew.
 

@@ -38,6 +38,7 @@ from rfmdist.threads import (
     compute_dask,
     map_blocks,
     ordered_sum,
+    sum_blocks,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,11 @@ def _block_rmatvec(K: Any, U: Any) -> Any:
     return _product(K.T, U.astype(K.dtype, copy=False))
 
 
-def _block_gram_rhs(K: Any, U: Any) -> tuple[Any, Any]:
-    return K.T @ K, _product(K.T, U.astype(K.dtype, copy=False))
+def _block_gram_rhs(K: Any, U: Any) -> Any:
+    """``[K^T K | K^T U]``, shape (m, m + c), float64."""
+    xp = get_namespace(K)
+    both = (K.T @ K, _product(K.T, U.astype(K.dtype, copy=False)))
+    return xp.concatenate([part.astype(xp.float64, copy=False) for part in both], axis=1)
 
 
 def _block_normal(K: Any, V: Any) -> Any:
@@ -181,6 +185,15 @@ class BlockedKernelOperator:
             lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
         )
 
+    def _sum(self, func: Any) -> Any:
+        """The sum of ``func(rows, kernel block)`` over the row blocks, with one partial sum per
+        thread (:func:`rfmdist.threads.sum_blocks`)."""
+        if self.cache and self._cached is None:
+            self._cached = self.dense()
+        return sum_blocks(
+            lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
+        )
+
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
         if self._cached is not None:
@@ -236,21 +249,21 @@ class BlockedKernelOperator:
         K = self._whole()
         if K is not None:
             return _block_rmatvec(K, U).astype(U.dtype, copy=False)
-        parts = self._map(lambda rows, K: _block_rmatvec(K, U[rows]))
-        return ordered_sum(parts).astype(U.dtype, copy=False)
+        total = self._sum(lambda rows, K: _block_rmatvec(K, U[rows]))
+        return total.astype(U.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
         """``K^T (K V)``; V shape (m, c), result (m, c) in V's dtype."""
         K = self._whole()
         if K is not None:
             return _block_normal(K, V).astype(V.dtype, copy=False)
-        parts = self._map(lambda rows, K: _block_normal(K, V))
-        return ordered_sum(parts).astype(V.dtype, copy=False)
+        total = self._sum(lambda rows, K: _block_normal(K, V))
+        return total.astype(V.dtype, copy=False)
 
     def gram(self) -> Any:
-        """``K^T K``, shape (m, m), float64: for direct solves of small Nyström systems."""
-        total = ordered_sum(self._map(lambda rows, K: _block_normal(K, None)))
-        return total.astype(get_namespace(total).float64, copy=False)
+        """``K^T K``, shape (m, m), float64 (each block's part added in float64)."""
+        xp = get_namespace(self.X if self._cached is None else self._cached)
+        return self._sum(lambda rows, K: _block_normal(K, None).astype(xp.float64, copy=False))
 
     def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
         """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each block's kernel once), float64.
@@ -259,11 +272,9 @@ class BlockedKernelOperator:
         ----------
         U : array, shape (n, c)
         """
-        parts = self._map(lambda rows, K: _block_gram_rhs(K, U[rows]))
-        gram = ordered_sum([g for g, _ in parts])
-        rhs = ordered_sum([r for _, r in parts])
-        xp = get_namespace(gram)
-        return gram.astype(xp.float64, copy=False), rhs.astype(xp.float64, copy=False)
+        both = self._sum(lambda rows, K: _block_gram_rhs(K, U[rows]))
+        m = self.prepared.n_centers
+        return both[:, :m], both[:, m:]
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sum over (a subset of) the rows.
@@ -596,8 +607,7 @@ def _normal_task(chunk: Any, prepared: PreparedKernel, V: Any, *, cached: bool) 
 
 def _gram_rhs_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) -> Any:
     gram, rhs = _chunk_operator(chunk, prepared, cached).gram_and_rmatvec(U)
-    xp = get_namespace(gram)
-    return xp.concatenate([gram, rhs], axis=1)[None]
+    return get_namespace(gram).concatenate([gram, rhs], axis=1)[None]
 
 
 def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) -> Any:

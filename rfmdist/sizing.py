@@ -16,7 +16,10 @@ size and the machine that fits it.
   Falkon's advice). Past the crossing of the two (1.6 million rows on 2 cores) the rounds grow as
   ``n^2`` rather than lose accuracy.
 - *memory*: the client's ``m x m`` work (the centers' kernel, the Gram matrix, the system and its
-  factor, the preconditioner: :data:`CLIENT_SQUARES` float64 squares) within its memory budget.
+  factor, the preconditioner, a partial sum per thread: :data:`CLIENT_SQUARES` float64 squares)
+  within its memory budget, and on a cluster the ``m x m`` partial sums a worker holds in a Gram
+  pass (one per row chunk until the tree reduction adds them: ``split_every`` and
+  :data:`WORKER_EXTRA_SQUARES` more) within :func:`rfmdist.memory.worker_bytes`.
 
 The count is rounded down to two significant digits, so that small differences in the memory free
 at the start do not change it. The rule and its measured accuracy against fit time are in the
@@ -38,8 +41,11 @@ from typing import Any
 REFERENCE_EXACT_ROWS = 20_000
 REFERENCE_CORES = 2
 #: float64 ``m x m`` (``n x n`` for the exact system: 2) arrays the client holds in a round.
-CLIENT_SQUARES = 6
+CLIENT_SQUARES = 8
 EXACT_SQUARES = 2
+#: ``m x m`` partials of a Gram pass a worker may hold beyond ``split_every`` (its own chunk's, the
+#: reduction's output, copies in transfer).
+WORKER_EXTRA_SQUARES = 4
 
 
 def local_cores() -> int:
@@ -93,12 +99,19 @@ class CentersChoice:
         why = {
             "work": f"a round's work budget on {self.cores} cores",
             "sqrt(n)": "at least sqrt(n)",
-            "memory": "the client's memory",
+            "memory": "the memory of the client or the workers",
         }[self.bound]
         return f"{self.n_centers:,} Nyström centers of {n_rows:,} rows (set by {why})"
 
 
-def auto_centers(n_rows: int, n_features: int, cores: int, client_bytes: int) -> CentersChoice:
+def auto_centers(
+    n_rows: int,
+    n_features: int,
+    cores: int,
+    client_bytes: int,
+    worker_bytes: int | None = None,
+    split_every: int = 8,
+) -> CentersChoice:
     """The default number of centers (the rule in the module docstring).
 
     Parameters
@@ -109,6 +122,10 @@ def auto_centers(n_rows: int, n_features: int, cores: int, client_bytes: int) ->
         Cores the passes run on (:func:`cluster_cores` or :func:`local_cores`).
     client_bytes : int
         Memory the solver's process may use (:func:`rfmdist.memory.available_bytes`).
+    worker_bytes : int, optional
+        On a cluster, what a worker's task may hold (:func:`rfmdist.memory.worker_bytes`).
+    split_every : int
+        The tree reduction's fan-in.
 
     Examples
     --------
@@ -125,6 +142,9 @@ def auto_centers(n_rows: int, n_features: int, cores: int, client_bytes: int) ->
     d = n_features
     by_work = int((-d + math.sqrt(d * d + 4.0 * budget / n_rows)) / 2)
     by_memory = math.isqrt(client_bytes // (CLIENT_SQUARES * 8))
+    if worker_bytes is not None:
+        squares = split_every + WORKER_EXTRA_SQUARES
+        by_memory = min(by_memory, math.isqrt(max(0, int(worker_bytes)) // (squares * 8)))
     by_rows = math.isqrt(n_rows - 1) + 1
     m, bound = (by_work, "work") if by_work >= by_rows else (by_rows, "sqrt(n)")
     if by_memory < m:

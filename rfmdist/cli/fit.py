@@ -439,7 +439,14 @@ def _chunked(
     fraction = params["validation_fraction"] if held_out else 0.0
     rounds_rows = max(1, n - round(fraction * n))
     if centers == "auto":
-        choice = auto_centers(rounds_rows, d, cluster_cores(client), memory.available_bytes("cpu"))
+        choice = auto_centers(
+            rounds_rows,
+            d,
+            cluster_cores(client),
+            memory.available_bytes("cpu"),
+            worker_bytes=memory.worker_bytes(client),
+            split_every=params["split_every"],
+        )
         m = choice.n_centers or rounds_rows
         logger.info("centers='auto': %s", choice.describe(rounds_rows))
     else:
