@@ -89,6 +89,19 @@ from rfmdist.training import (
 
 logger = logging.getLogger(__name__)
 
+
+@contextlib.contextmanager
+def _targets_in_graphs() -> Iterator[None]:
+    """Context for the graphs that carry the targets (in memory) to the workers: the fingerprint's
+    pass and their persist, once each. A million rows of 23 one-hot classes are 180 MB, above
+    distributed's large-graph warning (10 MB), which advises loading them with Dask: they are the
+    caller's (encoded) targets, sent once on purpose."""
+    import dask
+
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GB"}):
+        yield
+
+
 DEFAULT_TOL = 1e-4
 """PCG relative residual of ``tol=None`` (see the ``tol`` parameter for the measurements)."""
 
@@ -412,7 +425,8 @@ class _RFMBase(BaseEstimator):
             if not is_dask_array(Y):
                 Y = da.from_array(to_numpy(Y), chunks=(Xp.chunks[0], Y.shape[1]))
             # Persisted once, so that no pass carries the targets in its graph.
-            Y = on_device(Y, config.device).rechunk({0: Xp.chunks[0]}).persist()
+            with _targets_in_graphs():
+                Y = on_device(Y, config.device).rechunk({0: Xp.chunks[0]}).persist()
         else:
             Y = on_device(Y, config.device)
         if centers is None:
@@ -544,7 +558,8 @@ class _RFMBase(BaseEstimator):
         Y = self._prepare_targets(y, n)
         validation, eval_stamp, eval_vectors = self._validation(eval_set)
         # One pass: the fingerprint's sums over every row and the preprocessing's statistics.
-        statistics = column_statistics(X, Y)
+        with _targets_in_graphs():
+            statistics = column_statistics(X, Y)
         fingerprint, vectors = data_fingerprint(X, Y, getattr(self, "classes_", None), statistics)
         fingerprint |= eval_stamp
         vectors |= eval_vectors

@@ -45,7 +45,7 @@ def test_dask_fit_on_distributed_cluster_equals_in_memory_fit(task):
     memory = RFMClassifier(centers=250, **PARAMS).fit(X, labels)
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
         ) as cluster,
         Client(cluster),
     ):

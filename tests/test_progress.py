@@ -149,3 +149,24 @@ def test_cli_prints_no_progress_into_a_pipe(tmp_path: Path, rng):
     assert "best round:" in proc.stdout
     assert "residual" not in proc.stdout and "\r" not in proc.stdout
     assert "round 0/1" not in proc.stdout + proc.stderr
+
+
+def test_demo_runs_the_fit_command_on_a_local_cluster(capsys, caplog):
+    """`rfmdist demo` goes through `rfmdist fit` (cluster, dashboard line, store, per-round table)
+    and scores the written model on the held-out rows."""
+    import logging
+
+    from rfmdist.cli.main import main
+
+    with caplog.at_level(logging.INFO, logger="rfmdist"):
+        code = main(["demo", "--iters", "2", "--workers", "2", "--progress", "off"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "started a local cluster: 2 worker processes" in caplog.text
+    assert "dashboard: http://127.0.0.1:" in caplog.text
+    assert "round       train MSE       val MSE" in out and "best round:" in out
+    test_line = next(line for line in out.splitlines() if line.startswith("test MSE"))
+    test_mse = float(test_line.split()[2])
+    baseline = float(test_line.split("predicting the mean: ")[1].rstrip(")"))
+    assert test_mse < 0.1 * baseline  # cpu_act is well predicted; the mean is not
+    assert "learned feature importances" in out

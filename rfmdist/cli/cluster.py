@@ -263,12 +263,8 @@ def has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
-def _has_bokeh() -> bool:
-    return importlib.util.find_spec("bokeh") is not None
-
-
 def _log_dashboard(client: Any) -> None:
-    if _has_bokeh():
+    if has_bokeh():
         logger.info("dashboard: %s", client.dashboard_link)
     else:
         logger.info("dashboard: not available (pip install bokeh to follow the work live)")

@@ -114,10 +114,14 @@ def cholesky_jittered(
         if jitter and not warn:
             logger.debug("%s factored with an extra diagonal jitter of %.3g", what, jitter)
         elif jitter:
+            remedy = (
+                "a larger reg (duplicate rows among the centers also cause it)"
+                if resolution is None and A.dtype == np.float64
+                else "dtype='float64' or a larger reg"
+            )
             warnings.warn(
                 f"{what} was not numerically positive definite in {A.dtype}; factored it with an "
-                f"extra diagonal jitter of {jitter:.3g}. Use dtype='float64' or a larger reg to "
-                "avoid it.",
+                f"extra diagonal jitter of {jitter:.3g}. Use {remedy} to avoid it.",
                 NumericalWarning,
                 stacklevel=3,
             )
