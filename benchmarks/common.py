@@ -1,12 +1,17 @@
-"""Shared helpers of the benchmark scripts: the synthetic task, machine facts, tables, peak RSS."""
+"""Shared helpers of the benchmark scripts: the synthetic task, machine facts, tables, peak RSS of
+a process and of a command's whole process tree."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+import subprocess
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,3 +95,72 @@ def write_section(path: str | None, section: str, title: str, command: str, body
         ]
     )
     write_results_section(Path(path), section, text)
+
+
+def _vm_hwm_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _role(proc: Any, root: int) -> str:
+    if proc.pid == root:
+        return "main"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except Exception:  # the process ended
+        return "other"
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    return "worker" if "spawn_main" in cmdline or "forkserver" in cmdline else "other"
+
+
+class PeakMemory(threading.Thread):
+    """Polls the peak RSS (VmHWM) of a process and all its descendants until :meth:`stop`."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peaks: dict[int, tuple[str, float]] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._done.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for proc in procs:
+                peak = _vm_hwm_mib(proc.pid)
+                if peak is not None:
+                    role = self.peaks.get(proc.pid, (None,))[0] or _role(proc, self.pid)
+                    self.peaks[proc.pid] = (role, max(peak, self.peaks.get(proc.pid, ("", 0))[1]))
+            self._done.wait(self.interval)
+
+    def stop(self) -> list[tuple[str, float]]:
+        """Stop polling; (role, peak MiB) of every process seen, largest first."""
+        self._done.set()
+        self.join()
+        found = [peak for peak in self.peaks.values() if peak[0] != "resource tracker"]
+        return sorted(found, key=lambda peak: -peak[1])
+
+
+def run_measured(command: list[str], log: Path, cwd: Path | None = None) -> dict[str, Any]:
+    """Run ``command`` (output to ``log``, no ``RFMDIST_*`` variables); its wall seconds, exit code
+    and the peak RSS of each of its processes (``peaks``: (role, MiB), largest first)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RFMDIST_")}
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        memory = PeakMemory(proc.pid)
+        memory.start()
+        code = proc.wait()
+    peaks = memory.stop()
+    return {"seconds": time.perf_counter() - started, "code": code, "peaks": peaks}

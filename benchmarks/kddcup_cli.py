@@ -9,8 +9,8 @@ Holds out a seeded 20% of the rows (train/test written as Parquet in a temporary
 subprocesses, polls the process tree with psutil for the peak RSS of the client (the ``rfmdist fit``
 process) and of each worker process, and prints a table for the full training set and for a
 ``--subset``-row subset of it. The subset also gets a row fitted with ``rfmdist fit``'s defaults (no
-model options; ``--defaults-on both`` for the full set too: with the 'auto' rule of 20,000 centers that
-is hours on 2 cores until the large-n defaults of the batch-jobs issue). Data root: env
+model options; ``--defaults-on both`` for the full set too; ``benchmarks/large.py`` fits the full set
+with the defaults against HistGradientBoosting and Nystroem + Ridge). Data root: env
 ``RFMDIST_DATA`` or ``../shared/data`` beside the repo.
 """
 
@@ -23,12 +23,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_measured
 
 logger = logging.getLogger("kddcup_cli")
 REPO = Path(__file__).resolve().parents[1]
@@ -63,38 +64,6 @@ def split(folder: Path, subset: int, seed: int) -> dict[str, Path]:
     return paths
 
 
-def run_measured(command: list[str], log: Path) -> tuple[int, float, dict[int, tuple[str, int]]]:
-    """Run ``command``; return its exit code, wall seconds and the peak RSS of every process of its
-    tree (pid -> (role, bytes))."""
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        root = psutil.Process(proc.pid)
-        peaks: dict[int, tuple[str, int]] = {}
-        while proc.poll() is None:
-            try:
-                tree = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                tree = []
-            for p in tree:
-                try:
-                    rss = p.memory_info().rss
-                    role = "client" if p.pid == proc.pid else _role(p)
-                except psutil.Error:
-                    continue
-                if role and rss > peaks.get(p.pid, ("", 0))[1]:
-                    peaks[p.pid] = (role, rss)
-            time.sleep(0.5)
-    return proc.returncode, time.perf_counter() - started, peaks
-
-
-def _role(p: psutil.Process) -> str:
-    cmd = " ".join(p.cmdline())
-    if "resource_tracker" in cmd or "semaphore_tracker" in cmd:
-        return ""
-    return "worker"
-
-
 def one_fit(
     name: str, train: Path, test: Path, folder: Path, args: argparse.Namespace, defaults: bool
 ) -> dict:
@@ -111,7 +80,8 @@ def one_fit(
         "--workers", str(args.workers), "--threads-per-worker", "1",
     ]  # fmt: skip
     logger.info("running: %s", " ".join(fit))
-    code, seconds, peaks = run_measured(fit, folder / f"{name}_fit.log")
+    run = run_measured(fit, folder / f"{name}_fit.log")
+    code, seconds, peaks = run["code"], run["seconds"], run["peaks"]
     if code != 0:
         raise SystemExit(f"rfmdist fit failed ({code}); see {folder / f'{name}_fit.log'}")
     evaluate = subprocess.run(
@@ -120,13 +90,13 @@ def one_fit(
     )  # fmt: skip
     scores = json.loads(evaluate.stdout)
     rows = int(pd.read_parquet(train, columns=["target"]).shape[0])
-    workers = sorted((rss for role, rss in peaks.values() if role == "worker"), reverse=True)
+    workers = [int(mib * 2**20) for role, mib in peaks if role == "worker"]
     return {
         "name": name,
         "settings": "defaults" if defaults else "labelled",
         "rows": rows,
         "seconds": seconds,
-        "client_rss": next(rss for role, rss in peaks.values() if role == "client"),
+        "client_rss": next(int(mib * 2**20) for role, mib in peaks if role == "main"),
         "worker_rss": workers[: args.workers],
         "accuracy": scores["accuracy"],
         "test_rows": scores["n"],

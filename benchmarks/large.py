@@ -50,11 +50,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +59,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, table, write_text_section
+from common import machine_line, run_measured, table, write_text_section
 
 logger = logging.getLogger("benchmarks.large")
 
@@ -135,77 +132,6 @@ def score(task: str, truth: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean((pred - truth) ** 2))
 
 
-# --- processes and their memory ------------------------------------------------------------------
-
-
-def _vm_hwm_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _role(proc: Any, root: int) -> str:
-    if proc.pid == root:
-        return "main"
-    try:
-        cmdline = " ".join(proc.cmdline())
-    except Exception:  # the process ended
-        return "other"
-    if "resource_tracker" in cmdline:
-        return "resource tracker"
-    return "worker" if "spawn_main" in cmdline or "forkserver" in cmdline else "other"
-
-
-class PeakMemory(threading.Thread):
-    """Polls the peak RSS (VmHWM) of a process and all its descendants until :meth:`stop`."""
-
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.peaks: dict[int, tuple[str, float]] = {}
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        while not self._done.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            for proc in procs:
-                peak = _vm_hwm_mib(proc.pid)
-                if peak is not None:
-                    role = self.peaks.get(proc.pid, (None,))[0] or _role(proc, self.pid)
-                    self.peaks[proc.pid] = (role, max(peak, self.peaks.get(proc.pid, ("", 0))[1]))
-            self._done.wait(self.interval)
-
-    def stop(self) -> list[tuple[str, float]]:
-        """Stop polling; (role, peak MiB) of every process seen, largest first."""
-        self._done.set()
-        self.join()
-        found = [peak for peak in self.peaks.values() if peak[0] != "resource tracker"]
-        return sorted(found, key=lambda peak: -peak[1])
-
-
-def run_measured(command: list[str], log: Path) -> dict[str, Any]:
-    """Run ``command`` (output to ``log``); wall seconds, exit code and the peaks of its processes."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RFMDIST_")}
-    started = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        memory = PeakMemory(proc.pid)
-        memory.start()
-        code = proc.wait()
-    peaks = memory.stop()
-    return {"seconds": time.perf_counter() - started, "code": code, "peaks": peaks}
-
-
 # --- the methods ---------------------------------------------------------------------------------
 
 
@@ -218,7 +144,7 @@ def run_rfmdist(paths: dict[str, Any], folder: Path, extra: list[str]) -> dict[s
         sys.executable, "-m", "rfmdist.cli", "fit", "--train", str(paths["train"]),
         "--out", str(out), "--workers", "2", "--progress", "off", *extra,
     ]  # fmt: skip
-    result = run_measured(command, folder / "rfmdist.log")
+    result = run_measured(command, folder / "rfmdist.log", cwd=REPO)
     if result["code"] != 0:
         tail = "\n".join((folder / "rfmdist.log").read_text().splitlines()[-20:])
         raise SystemExit(f"rfmdist fit failed:\n{tail}")
@@ -247,7 +173,7 @@ def run_baseline(method: str, paths: dict[str, Any], folder: Path, centers: int)
         "--train", str(paths["train"]), "--test", str(paths["test"]), "--task", paths["task"],
         "--components", str(centers), "--baseline-json", str(out),
     ]  # fmt: skip
-    result = run_measured(command, folder / f"{method}.log")
+    result = run_measured(command, folder / f"{method}.log", cwd=REPO)
     if result["code"] != 0:
         tail = "\n".join((folder / f"{method}.log").read_text().splitlines()[-20:])
         raise SystemExit(f"{method} failed:\n{tail}")

@@ -98,7 +98,7 @@ class CentersChoice:
             return f"the exact system (all {n_rows:,} rows as centers; {self.cores} cores)"
         why = {
             "work": f"a round's work budget on {self.cores} cores",
-            "sqrt(n)": "at least sqrt(n)",
+            "sqrt(n)": "the floor of sqrt(n) centers",
             "memory": "the memory of the client or the workers",
         }[self.bound]
         return f"{self.n_centers:,} Nyström centers of {n_rows:,} rows (set by {why})"

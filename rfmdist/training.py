@@ -40,8 +40,6 @@ from rfmdist.threads import blas_threads, compute_dask
 
 logger = logging.getLogger(__name__)
 
-# 'auto' centers: all rows (the exact system) up to this many rows, this many Nyström centers beyond.
-AUTO_CENTERS = 20_000
 # The training score of a round whose solve does not give the predictions is estimated on this many
 # rows (at an even stride).
 TRAIN_SCORE_ROWS = 20_000

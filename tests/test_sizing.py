@@ -130,3 +130,18 @@ def test_cli_fit_with_the_large_n_defaults(monkeypatch, tmp_path: Path, caplog, 
     assert model.history_[0]["n_centers"] == choice.n_centers
     mse = float(np.mean((model.predict(X_test) - y_test) ** 2))
     assert mse < 0.25 * float(np.var(y_test))  # learned x0 * x1, not the mean
+
+
+def test_nystrom_training_score_on_an_even_stride_of_rows(monkeypatch):
+    """A Nyström round scores training rows at an even stride instead of a pass over all of them:
+    the recorded score is the metric of the model's own predictions on exactly those rows."""
+    from rfmdist import training
+
+    monkeypatch.setattr(training, "TRAIN_SCORE_ROWS", 100)
+    X, y = product_task(1_000, 5, seed=5)
+    est = RFMRegressor(iters=0, centers=50, n_iter_no_change=None, random_state=0).fit(X, y)
+    record = est.history_[0]
+    rows = np.unique(np.linspace(0, 999, 100).astype(np.int64))
+    assert record["train_score_rows"] == len(rows) == 100
+    mse = float(np.mean((est.predict(X[rows]) - y[rows]) ** 2))
+    assert record["train_score"] == pytest.approx(mse, rel=1e-8)

@@ -108,8 +108,10 @@ def register(sub: Any) -> argparse.ArgumentParser:
         "--centers",
         default="auto",
         metavar="auto|all|M",
-        help="Nyström centers: a count M, 'all' (exact system) or 'auto' (all rows up to 20,000, "
-        "else 20,000 centers).",
+        help="Nyström centers: a count M, 'all' (exact system) or 'auto' (from the rows, features, "
+        "the cluster's cores and memory: the exact system while it costs at most that of 20,000 "
+        "rows on 2 cores, else the most centers within that work per round, at least sqrt(n); "
+        "logged at the start).",
     )
     model.add_argument("--solver", choices=["auto", "direct", "mixed", "pcg"], default="auto")
     model.add_argument(
