@@ -482,36 +482,17 @@ class DaskKernelOperator:
     def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
         """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each chunk's kernel once), float64,
         tree-reduced together; U a Dask array (n, c)."""
-        import dask.array as da
-
-        m, width = self.prepared.n_centers, U.shape[1]
-
-        def build() -> Any:
-            source, cached = self._source()
-            rows = U.rechunk((source.chunks[0], (width,)))
-            return da.blockwise(
-                _gram_rhs_task,
-                "imc",
-                source,
-                "ij",
-                rows,
-                "ik",
-                self._shared,
-                None,
-                cached,
-                None,
-                new_axes={"m": m, "c": m + width},
-                adjust_chunks={"i": 1},
-                concatenate=True,
-                dtype=np.float64,
-                meta=source._meta.astype(np.float64)[None],
-            )
-
-        both = self._tree_sum(build)
+        m = self.prepared.n_centers
+        both = self._contract_rows(_gram_rhs_task, U, m + U.shape[1], np.float64)
         return both[:, :m], both[:, m:]
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
+        return self._contract_rows(_rmatvec_task, U, U.shape[1], U.dtype)
+
+    def _contract_rows(self, task: Any, U: Any, columns: int, dtype: Any) -> Any:
+        """The tree-reduced sum over row chunks of ``task(chunk, U's rows, kernel, cached)``, each a
+        (1, m, columns) array."""
         import dask.array as da
 
         m, width = self.prepared.n_centers, U.shape[1]
@@ -521,7 +502,7 @@ class DaskKernelOperator:
             rows = U.rechunk((source.chunks[0], (width,)))
             # The rows (or kernel) and U share only their row chunks: contract their own columns.
             return da.blockwise(
-                _rmatvec_task,
+                task,
                 "imc",
                 source,
                 "ij",
@@ -531,11 +512,11 @@ class DaskKernelOperator:
                 None,
                 cached,
                 None,
-                new_axes={"m": m, "c": width},
+                new_axes={"m": m, "c": columns},
                 adjust_chunks={"i": 1},
                 concatenate=True,
-                dtype=U.dtype,
-                meta=source._meta.astype(U.dtype)[None],
+                dtype=dtype,
+                meta=source._meta.astype(dtype)[None],
             )
 
         return self._tree_sum(build)

@@ -365,14 +365,23 @@ def solve_with_watch(
     if watch.stopped is None:
         return solved, float(solved.record["iterations"])
     stop = watch.stopped
-    logger.info(
-        "PCG stopped after %d iterations: %.0f more predicted (%.1f s), more than %s's %.1f s",
-        stop["iterations"],
-        stop["predicted_iterations_left"],
-        stop["predicted_seconds_left"],
-        choice.fallback.solver,
-        choice.fallback.seconds,
-    )
+    if stop["predicted_iterations_left"] >= 1e9:  # the residual did not decrease any more
+        logger.info(
+            "PCG stopped after %d iterations: its residual no longer decreases; %s instead "
+            "(%.1f s predicted)",
+            stop["iterations"],
+            choice.fallback.solver,
+            choice.fallback.seconds,
+        )
+    else:
+        logger.info(
+            "PCG stopped after %d iterations: %.0f more predicted (%.1f s), more than %s's %.1f s",
+            stop["iterations"],
+            stop["predicted_iterations_left"],
+            stop["predicted_seconds_left"],
+            choice.fallback.solver,
+            choice.fallback.seconds,
+        )
     fallback = solve_system(system, choice.fallback.solver, settings)
     fallback.record["abandoned_pcg"] = stop | {"seconds": solved.record["seconds"]}
     fallback.record["seconds"] += solved.record["seconds"]
