@@ -125,7 +125,9 @@ def test_cli_fit_with_the_large_n_defaults(monkeypatch, tmp_path: Path, caplog, 
     choice = auto_centers(3_600, 8, 2, 10**15)  # 2 workers x 1 thread; 10 % held out
     assert choice.bound == "work"
     assert f"centers='auto': {choice.n_centers:,} Nyström centers of 3,600 rows" in caplog.text
-    assert "row chunks of" in caplog.text and "AGOP on 5,000 rows a round" in caplog.text
+    assert (
+        "row chunks of" in caplog.text and "AGOP on 3,600 rows a round" in caplog.text
+    )  # all of them: fewer than 5,000
     model = rfmdist.load(out)
     assert model.history_[0]["n_centers"] == choice.n_centers
     mse = float(np.mean((model.predict(X_test) - y_test) ** 2))

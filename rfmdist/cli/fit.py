@@ -463,7 +463,7 @@ def _chunked(
         chunked.chunks[0][0],
         n_workers(client),
         cluster_cores(client),
-        "all" if params.get("agop_samples") is None else f"{params['agop_samples']:,}",
+        f"{rounds_rows if params['agop_samples'] is None else min(rounds_rows, params['agop_samples']):,}",
     )
     return chunked
 
