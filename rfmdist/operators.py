@@ -53,6 +53,9 @@ def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES
     return max(64, block_bytes // max(1, n_centers * itemsize))
 
 
+# The tree reduction's fan-in for m x m partial sums (Gram passes): pairs, so that a worker holds few.
+GRAM_SPLIT_EVERY = 2
+
 # Bytes of the (m, c x d) weighted centers of an AGOP pass; more outputs go in several groups.
 AGOP_OPERAND_BYTES = 256 * 2**20
 
@@ -417,10 +420,12 @@ class DaskKernelOperator:
                 self._cached = None
         return compute_dask(build())
 
-    def _tree_sum(self, build_parts: Callable[[], Any]) -> Any:
+    def _tree_sum(self, build_parts: Callable[[], Any], *, squares: bool = False) -> Any:
         """Add the per-chunk partial results (stacked on axis 0) that ``build_parts()`` makes, by a
-        tree reduction; compute."""
-        return self._compute(lambda: build_parts().sum(axis=0, split_every=self.split_every))
+        tree reduction; compute. ``squares``: the parts are ``m x m`` (Gram passes), added in pairs
+        (``split_every=2``) so that a worker holds few of them at once."""
+        split_every = GRAM_SPLIT_EVERY if squares else self.split_every
+        return self._compute(lambda: build_parts().sum(axis=0, split_every=split_every))
 
     def _source(self) -> tuple[Any, bool]:
         """The array each pass maps over: the persisted kernel when cached, else the rows of X."""
@@ -477,20 +482,22 @@ class DaskKernelOperator:
                 meta=source._meta.astype(dtype)[None],
             )
 
-        return self._tree_sum(build)
+        return self._tree_sum(build, squares=V is None)
 
     def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
         """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each chunk's kernel once), float64,
         tree-reduced together; U a Dask array (n, c)."""
         m = self.prepared.n_centers
-        both = self._contract_rows(_gram_rhs_task, U, m + U.shape[1], np.float64)
+        both = self._contract_rows(_gram_rhs_task, U, m + U.shape[1], np.float64, squares=True)
         return both[:, :m], both[:, m:]
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U a Dask array (n, c), rechunked to the rows of X. Result (m, c)."""
         return self._contract_rows(_rmatvec_task, U, U.shape[1], U.dtype)
 
-    def _contract_rows(self, task: Any, U: Any, columns: int, dtype: Any) -> Any:
+    def _contract_rows(
+        self, task: Any, U: Any, columns: int, dtype: Any, *, squares: bool = False
+    ) -> Any:
         """The tree-reduced sum over row chunks of ``task(chunk, U's rows, kernel, cached)``, each a
         (1, m, columns) array."""
         import dask.array as da
@@ -519,7 +526,7 @@ class DaskKernelOperator:
                 meta=source._meta.astype(dtype)[None],
             )
 
-        return self._tree_sum(build)
+        return self._tree_sum(build, squares=squares)
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)
