@@ -18,8 +18,9 @@ size and the machine that fits it.
 - *memory*: the client's ``m x m`` work (the centers' kernel, the Gram matrix, the system and its
   factor, the preconditioner, a partial sum per thread: :data:`CLIENT_SQUARES` float64 squares)
   within its memory budget, and on a cluster the ``m x m`` partial sums a worker holds in a Gram
-  pass (one per row chunk until the tree reduction adds them: ``split_every`` and
-  :data:`WORKER_EXTRA_SQUARES` more) within :func:`rfmdist.memory.worker_bytes`.
+  pass (bounded as for a tree reduction of fan-in ``split_every``: that many and
+  :data:`WORKER_EXTRA_SQUARES` more; Gram passes add theirs in pairs, so this is conservative)
+  within :func:`rfmdist.memory.worker_bytes`.
 
 The count is rounded down to two significant digits, so that small differences in the memory free
 at the start do not change it. The rule and its measured accuracy against fit time are in the
@@ -84,7 +85,7 @@ class CentersChoice:
     n_centers : int or None
         Nyström centers, or None for the exact system (all rows).
     bound : str
-        What set it: 'exact', 'work', 'sqrt(n)', 'memory'.
+        What set it: 'exact', 'work', 'sqrt(n)', 'memory', or 'stored' (a resumed run's count).
     cores : int
     """
 
@@ -100,6 +101,7 @@ class CentersChoice:
             "work": f"a round's work budget on {self.cores} cores",
             "sqrt(n)": "the floor of sqrt(n) centers",
             "memory": "the memory of the client or the workers",
+            "stored": "the run being resumed",
         }[self.bound]
         return f"{self.n_centers:,} Nyström centers of {n_rows:,} rows (set by {why})"
 
