@@ -428,7 +428,7 @@ def _chunked(
     X: Any, chunk_rows: int | None, params: dict[str, Any], client: Any, held_out: bool
 ) -> Any:
     """``X`` in row chunks: ``--chunk-rows``, or about 0.1 s of kernel work each for the centers
-    the fit will use (:mod:`rfmdist.sizing`) and at least one per worker; the choice is logged.
+    the fit will use (:mod:`rfmdist.sizing`) and at least one per worker; logged.
 
     ``params`` are the estimator's; ``held_out``: the rounds see only the training part of an
     internal validation split."""
@@ -449,8 +449,7 @@ def _chunked(
             worker_bytes=memory.worker_bytes(client),
             split_every=params["split_every"],
         )
-        m = choice.n_centers or rounds_rows
-        logger.info("centers='auto': %s", choice.describe(rounds_rows))
+        m = choice.n_centers or rounds_rows  # the fit logs (and, resuming, keeps) its own count
     else:
         m = rounds_rows if centers is None else min(rounds_rows, centers)
     if chunk_rows is None:
@@ -458,9 +457,11 @@ def _chunked(
         chunk_rows = chunk_rows_for(n, m, d, np.dtype(dtype).itemsize, n_workers(client))
     chunked = X.rechunk({0: int(chunk_rows), 1: -1})
     logger.info(
-        "%d row chunks of %d rows over %d workers (%d cores); AGOP on %s rows a round",
+        "%d row chunks of %d rows (for about %s centers) over %d workers (%d cores); AGOP on %s "
+        "rows a round",
         chunked.numblocks[0],
         chunked.chunks[0][0],
+        f"{m:,}",
         n_workers(client),
         cluster_cores(client),
         f"{rounds_rows if params['agop_samples'] is None else min(rounds_rows, params['agop_samples']):,}",
