@@ -77,6 +77,26 @@ def sampled_rows(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, SAMPLED_ROWS)).round().astype(np.int64))
 
 
+def _statistics(X: Any, Y: Any, w: Any, rows: Any) -> tuple[Any, ...]:
+    """The statistics' expressions (NumPy, CuPy or lazy Dask): mean, std, min, max, the
+    :data:`VECTORS` in their order, and the sampled rows of X and Y. ``w``: the rows' Weyl weights,
+    shape (n, 1)."""
+    X64, Y64 = X.astype(np.float64, copy=False), Y.astype(np.float64, copy=False)
+    return (
+        X64.mean(axis=0),
+        X64.std(axis=0),
+        X.min(axis=0),
+        X.max(axis=0),
+        X64.sum(axis=0),
+        (X64 * X64).sum(axis=0),
+        (X64 * w).sum(axis=0),
+        Y64.sum(axis=0),
+        (Y64 * w).sum(axis=0),
+        X[rows],
+        Y[rows],
+    )
+
+
 def column_statistics(X: Any, Y: Any) -> ColumnStatistics:
     """Every statistic of :class:`ColumnStatistics` in one pass over the data.
 
@@ -102,37 +122,10 @@ def column_statistics(X: Any, Y: Any) -> ColumnStatistics:
         )
         Yd = Y if is_dask_array(Y) else da.from_array(to_numpy(Y), chunks=(X.chunks[0], -1))
         Yd = Yd.rechunk({0: X.chunks[0]})
-        X64, Y64 = X.astype(np.float64), Yd.astype(np.float64)
-        parts = dask.compute(
-            X64.mean(axis=0),
-            X64.std(axis=0),
-            X.min(axis=0),
-            X.max(axis=0),
-            X64.sum(axis=0),
-            (X64 * X64).sum(axis=0),
-            (X64 * w[:, None]).sum(axis=0),
-            Y64.sum(axis=0),
-            (Y64 * w[:, None]).sum(axis=0),
-            X[rows],
-            Yd[rows],
-        )
+        parts = dask.compute(*_statistics(X, Yd, w[:, None], rows))
     else:
         xp = get_namespace(X)
-        X64, Y64 = xp.asarray(X, dtype=xp.float64), xp.asarray(Y, dtype=xp.float64)
-        w = xp.asarray(weights(n))[:, None]
-        parts = (
-            X64.mean(axis=0),
-            X64.std(axis=0),
-            X.min(axis=0),
-            X.max(axis=0),
-            X64.sum(axis=0),
-            (X64 * X64).sum(axis=0),
-            (X64 * w).sum(axis=0),
-            Y64.sum(axis=0),
-            (Y64 * w).sum(axis=0),
-            X[xp.asarray(rows)],
-            Y[xp.asarray(rows)],
-        )
+        parts = _statistics(X, Y, xp.asarray(weights(n))[:, None], xp.asarray(rows))
     mean, std, low, high, *vectors, x_rows, y_rows = (to_numpy(p) for p in parts)
     digest = hashlib.sha256()
     for part in (x_rows, y_rows):
