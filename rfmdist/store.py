@@ -670,47 +670,36 @@ class RunWriter:
             store keeps its previous commit.
         """
         with self._writing(f"commit round {t}"):
-            self._commit_round(t, coef, next_M, best_iter, history, rates)
+            coef = np.asarray(coef, dtype=np.float64)
+            if "checkpoint/coef" in self.group:
+                coefs = self.group["checkpoint/coef"]
+                coefs.resize((t + 1, *coef.shape))
+            else:
+                coefs = self.group.create_array(
+                    "checkpoint/coef",
+                    shape=(t + 1, *coef.shape),
+                    chunks=(1, *coef.shape),
+                    dtype=np.float64,
+                )
+            coefs[t] = coef
+            if next_M is not None:
+                history_M = self.group["history/M"]
+                history_M.resize((t + 2, *history_M.shape[1:]))
+                history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
+            _write_residuals(self.group, history[t], residuals_path(t))
+            _write_attributes(
+                self.group,
+                {
+                    "completed_rounds": t + 1,
+                    "best_iter": int(best_iter),
+                    "history": stored_history(history),
+                }
+                | ({} if rates is None else {"rates": json_safe(rates)}),
+            )
 
     def _writing(self, what: str) -> Any:
         """Context turning a write error into one that says what failed and what the store kept."""
         return _WriteGuard(self, what)
-
-    def _commit_round(
-        self,
-        t: int,
-        coef: np.ndarray,
-        next_M: np.ndarray | None,
-        best_iter: int,
-        history: list[dict[str, Any]],
-        rates: dict[str, Any] | None,
-    ) -> None:
-        coef = np.asarray(coef, dtype=np.float64)
-        if "checkpoint/coef" in self.group:
-            coefs = self.group["checkpoint/coef"]
-            coefs.resize((t + 1, *coef.shape))
-        else:
-            coefs = self.group.create_array(
-                "checkpoint/coef",
-                shape=(t + 1, *coef.shape),
-                chunks=(1, *coef.shape),
-                dtype=np.float64,
-            )
-        coefs[t] = coef
-        if next_M is not None:
-            history_M = self.group["history/M"]
-            history_M.resize((t + 2, *history_M.shape[1:]))
-            history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
-        _write_residuals(self.group, history[t], residuals_path(t))
-        _write_attributes(
-            self.group,
-            {
-                "completed_rounds": t + 1,
-                "best_iter": int(best_iter),
-                "history": stored_history(history),
-            }
-            | ({} if rates is None else {"rates": json_safe(rates)}),
-        )
 
     def commit_refit(self, centers: np.ndarray, coef: np.ndarray, record: dict[str, Any]) -> None:
         """Write the refitted model's arrays, then commit them with its record (attribute ``refit``).
