@@ -23,6 +23,31 @@ def product_task(n: int, d: int, seed: int, noise: float = 0.1) -> tuple[np.ndar
     return X, X[:, 0] * X[:, 1] + noise * gen.normal(size=n)
 
 
+def canvas_digits(
+    copies: int = 5, size: int = 14, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 handwritten digits, ``copies`` times each at random offsets (seeded) on a
+    ``size x size`` canvas, pixels / 16: real images whose border pixels are nearly constant.
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (copies * 1797, size * size)
+    y : numpy.ndarray, shape (copies * 1797,)
+    digit : numpy.ndarray, shape (copies * 1797,)
+        Each row's index among the 1,797 digits (to split without a digit in two parts).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    images = np.zeros((copies * len(digits.images), size, size))
+    for k in range(len(images)):
+        row, col = rng.integers(0, size - 7, size=2)
+        images[k, row : row + 8, col : col + 8] = digits.images[k % len(digits.images)]
+    index = np.arange(len(images)) % len(digits.images)
+    return images.reshape(len(images), -1) / 16.0, digits.target[index], index
+
+
 def machine_line() -> str:
     """One line describing the machine and the BLAS threads in use."""
     from threadpoolctl import threadpool_info

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_line, product_task, table, write_section
+from common import canvas_digits, command_line, machine_line, product_task, table, write_section
 
 DEFAULT_SETS = ",".join(
     [
@@ -102,21 +102,6 @@ def one_hot(X: np.ndarray, names: tuple[str, ...], columns: tuple[str, ...]) -> 
     return np.hstack(parts)
 
 
-def canvas_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits at random offsets on a 14x14 canvas, 5 copies each; (X, y, digit)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    copies, size = 5, 14
-    images = np.zeros((copies * len(digits.images), size, size))
-    for k in range(len(images)):
-        row, col = rng.integers(0, size - 7, size=2)
-        images[k, row : row + 8, col : col + 8] = digits.images[k % len(digits.images)]
-    index = np.arange(len(images)) % len(digits.images)
-    return images.reshape(len(images), -1) / 16.0, digits.target[index], index
-
-
 def load_task(name: str, seed: int) -> dict[str, Any]:
     """Features and targets of one set: X, y, X_val, y_val, X_test, y_test, task, tabular."""
     if name == "planted":
@@ -134,7 +119,7 @@ def load_task(name: str, seed: int) -> dict[str, Any]:
             tabular=True,
         )
     if name == "canvas":
-        X, y, digit = canvas_digits(seed)
+        X, y, digit = canvas_digits(copies=5, size=14, seed=seed)
         train, val, test = (np.isin(digit, part) for part in split_rows(int(digit.max()) + 1, seed))
         return dict(
             X=X[train],

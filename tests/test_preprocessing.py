@@ -6,25 +6,30 @@ estimator's own preprocessing against the preprocessing it should amount to.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from rfmdist import RFMClassifier, RFMRegressor
 from rfmdist.model import Standardizer, feature_scales
 
 
-def canvas_digits(copies: int = 2, size: int = 14) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 handwritten digits at random offsets on a 14x14 canvas (pixels / 16):
-    real images whose border pixels are nearly constant. Returns X, y and each row's digit index."""
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    images = np.zeros((copies * len(digits.images), size, size))
-    for k in range(len(images)):
-        row, col = rng.integers(0, size - 7, size=2)
-        images[k, row : row + 8, col : col + 8] = digits.images[k % len(digits.images)]
-    index = np.arange(len(images)) % len(digits.images)
-    return images.reshape(len(images), -1) / 16.0, digits.target[index], index
+def _benchmark_common() -> ModuleType:
+    """``benchmarks/common.py`` (the canvas builder the vs_xrfm benchmark uses)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
+    spec = importlib.util.spec_from_file_location("rfmdist_benchmarks_common", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def canvas_digits(copies: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The benchmark's digit canvas (14 x 14, seed 0), ``copies`` placements of each digit."""
+    return _benchmark_common().canvas_digits(copies=copies, size=14, seed=0)
 
 
 def test_pixels_keep_their_range_and_the_plain_kernel_keeps_its_accuracy():
