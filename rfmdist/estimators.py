@@ -577,8 +577,12 @@ class _RFMBase(BaseEstimator):
         )
         config = self._round_config(seed, device)
         split = self._internal_split(n, seed) if validation is None else None
-        self._centers_choice = self._auto_centers(
-            n if split is None else len(split[0]), int(X.shape[1]), device, previous
+        self._centers_choice = (
+            self._auto_centers(
+                n if split is None else len(split[0]), int(X.shape[1]), device, previous
+            )
+            if isinstance(self.centers, str)  # 'auto'
+            else None
         )
         X, Y = self._device_rows(X, Y, config)
         preprocessing = (
@@ -635,7 +639,8 @@ class _RFMBase(BaseEstimator):
     def _auto_centers(
         self, n_rows: int, n_features: int, device: str, previous: StoredRun | None
     ) -> CentersChoice:
-        """What ``centers='auto'`` means for this fit (logged); a resumed fit keeps its stored count."""
+        """What ``centers='auto'`` means for this fit (logged; only asked for 'auto'); a resumed fit
+        keeps its stored count."""
         client = active_client()
         cores = local_cores() if client is None else cluster_cores(client)
         if previous is not None:
@@ -650,8 +655,7 @@ class _RFMBase(BaseEstimator):
             worker_bytes=None if client is None else memory.worker_bytes(client),
             split_every=int(self.split_every),
         )
-        if isinstance(self.centers, str) and self.centers == "auto":
-            logger.info("centers='auto': %s", choice.describe(n_rows))
+        logger.info("centers='auto': %s", choice.describe(n_rows))
         return choice
 
     def _center_count(self, n_rows: int) -> int:
