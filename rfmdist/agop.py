@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist.backend import get_namespace
-from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel, prepare_kernel
+from rfmdist.kernels import PreparedKernel, prepare_kernel
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,6 @@ class GradientOperand:
         return cls(coef=coef, weighted_centers=weighted)
 
 
-def gradient_weights(prepared: PreparedKernel, Xt: Any, x_sq: Any) -> Any:
-    """The kernel weights of the gradient: ``K`` (Gaussian) or ``K / ||x - z||_M`` (Laplace, 0 for
-    centers closer than :data:`~rfmdist.kernels.LAPLACE_GRADIENT_GUARD`); shape (b, m)."""
-    weights, radius, (rows, cols) = prepared.block_and_radius(Xt, x_sq)
-    if prepared.kernel == "laplace":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            weights /= radius
-        # Every pair within the guard is a near pair: the x = z singularity gets weight 0.
-        singular = radius[rows, cols] < LAPLACE_GRADIENT_GUARD
-        weights[rows[singular], cols[singular]] = 0
-    return weights
-
-
 def transformed_gradients(
     prepared: PreparedKernel, X: Any, coef: Any, operand: GradientOperand | None = None
 ) -> Any:
@@ -91,7 +78,7 @@ def transformed_gradients(
     if operand is None:
         operand = GradientOperand.build(prepared, coef)
     Xt, x_sq = prepared.transform(X)
-    weights = gradient_weights(prepared, Xt, x_sq).astype(operand.coef.dtype, copy=False)
+    weights = prepared.gradient_weights(Xt, x_sq).astype(operand.coef.dtype, copy=False)
     scale = (
         -1.0 / prepared.bandwidth if prepared.kernel == "laplace" else -1.0 / prepared.bandwidth**2
     )

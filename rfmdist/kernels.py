@@ -20,6 +20,7 @@ Every function takes NumPy or CuPy arrays and returns arrays of the same namespa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -73,10 +74,8 @@ def squared_distances(
 ) -> Any:
     """Scaled squared Euclidean distances ``scale * ||x' - z'||^2`` by one GEMM.
 
-    The norms and the coincidence threshold are folded into the GEMM by augmenting both sides
-    (``[-2 s x', s, s (|x'|^2 - t)] . [z', |z'|^2, 1]``), so the only elementwise pass is the clamp at
-    zero. ``t`` is the resolution of the GEMM identity (16 ulps of ``|x'|^2 + max |z'|^2``): distances
-    below it become exactly zero, and the others move by less than their own rounding error.
+    :func:`gemm_distances`, then the clamp at zero and the near pairs recomputed
+    (:func:`recompute_near_pairs`).
 
     Parameters
     ----------
@@ -97,34 +96,93 @@ def squared_distances(
     array, shape (b, m)
         With ``near_pairs``: ``(distances, (rows, cols))``.
     """
-    xp = get_namespace(Xt, Zt)
     if centers_aug is None:
         centers_aug = augment_centers(Zt, z_sq)
+    dist, limit = gemm_distances(Xt, x_sq, centers_aug, scale=scale)
+    near = recompute_near_pairs(dist, limit, Xt, Zt, scale)
+    return (dist, near) if near_pairs else dist
+
+
+def gemm_distances(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, Any]:
+    """The distance GEMM, before the clamp at zero, and each row's near-pair limit.
+
+    Parameters
+    ----------
+    Xt : array, shape (b, d)
+    x_sq : array, shape (b,)
+    centers_aug : array, shape (m, d + 2)
+        ``[Zt, z_sq, 1]`` (:func:`augment_centers`).
+    scale : float
+
+    Returns
+    -------
+    dist : array, shape (b, m)
+    limit : array, shape (b,)
+        See :func:`augment_rows`.
+    """
+    rows_aug, limit = augment_rows(Xt, x_sq, centers_aug, scale=scale)
+    return rows_aug @ centers_aug.T, limit
+
+
+def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, Any]:
+    """The row side of the distance GEMM, and each row's near-pair limit.
+
+    The norms and the coincidence threshold are folded into the GEMM by augmenting both sides
+    (``[-2 s x', s, s (|x'|^2 - t)] . [z', |z'|^2, 1]``). ``t`` is the resolution of the GEMM identity
+    (16 ulps of ``|x'|^2 + max |z'|^2``): distances below it become exactly zero once clamped, and
+    the others move by less than their own rounding error. Pairs whose clamped distance is below the
+    row's ``limit`` (the square root of that resolution, scaled) are the near pairs: the GEMM's
+    absolute error is large relative to their distance.
+
+    Parameters
+    ----------
+    Xt : array, shape (b, d)
+    x_sq : array, shape (b,)
+    centers_aug : array, shape (m, d + 2)
+    scale : float
+
+    Returns
+    -------
+    rows_aug : array, shape (b, d + 2)
+    limit : array, shape (b,)
+        ``inf`` for a row and centers that are all zero (every pair is near).
+    """
+    xp = get_namespace(Xt, centers_aug)
     resolution = _COINCIDENCE_ULPS * float(np.finfo(Xt.dtype).eps)
-    z_max = float(z_sq.max()) if z_sq.shape[0] else 0.0
+    z_max = float(centers_aug[:, -2].max()) if centers_aug.shape[0] else 0.0
     rows_aug = xp.empty((Xt.shape[0], Xt.shape[1] + 2), dtype=Xt.dtype)
     rows_aug[:, :-2] = Xt * (-2.0 * scale)
     rows_aug[:, -2] = scale
     rows_aug[:, -1] = (x_sq - resolution * (x_sq + z_max)) * scale
-    dist = rows_aug @ centers_aug.T
+    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
+    # All-zero rows against all-zero centers have no resolution to speak of: every pair is near.
+    limit = xp.where(limit > 0, limit, xp.inf).astype(Xt.dtype, copy=False)
+    return rows_aug, limit
+
+
+def recompute_near_pairs(dist: Any, limit: Any, Xt: Any, Zt: Any, scale: float) -> tuple[Any, Any]:
+    """Clamp :func:`gemm_distances`'s output at zero and recompute its near pairs from their
+    differences, in place (the reference path's array operations).
+
+    A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
+
+    Returns
+    -------
+    (rows, cols) : arrays of int
+        The recomputed pairs.
+    """
+    xp = get_namespace(dist)
     xp.maximum(dist, 0, out=dist)
-    # Near pairs: the GEMM's absolute error is large relative to their distance; recompute them.
-    # A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
     empty = xp.zeros(0, dtype=xp.int64)
     rows, cols = empty, empty
     if dist.size:
-        limit = scale * xp.sqrt(resolution * (x_sq + z_max))
-        # All-zero rows against all-zero centers have no resolution to speak of: every pair is near.
-        limit = xp.where(limit > 0, limit, xp.inf)
         near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
         if near_rows.shape[0]:
             hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
             rows = near_rows[hits]
             diff = Xt[rows] - Zt[cols]
             dist[rows, cols] = scale * (diff * diff).sum(axis=1)
-    if near_pairs:
-        return dist, (rows, cols)
-    return dist
+    return rows, cols
 
 
 def augment_centers(Zt: Any, z_sq: Any) -> Any:
@@ -137,12 +195,32 @@ def augment_centers(Zt: Any, z_sq: Any) -> Any:
     return out
 
 
+BACKENDS: tuple[str, ...] = ("fused", "reference")
+BACKEND_ENV_VAR = "RFMDIST_KERNEL_BACKEND"
+
+
+def kernel_backend(backend: str | None = None) -> str:
+    """The kernel backend: ``backend``, else ``$RFMDIST_KERNEL_BACKEND``, else ``'fused'``.
+
+    ``'fused'`` runs a block's elementwise tail in one pass (:mod:`rfmdist.fused`); ``'reference'`` runs
+    it as NumPy/CuPy array operations. Both give the same kernel (to a few ulps).
+    """
+    chosen = backend if backend is not None else os.environ.get(BACKEND_ENV_VAR) or "fused"
+    if chosen not in BACKENDS:
+        source = "backend" if backend is not None else BACKEND_ENV_VAR
+        raise ValueError(
+            f"Expected {source} in {BACKENDS}, found {chosen!r}; set it to 'fused' (the default) "
+            "or 'reference' (NumPy/CuPy array operations, for comparison)."
+        )
+    return chosen
+
+
 @dataclass(frozen=True)
 class PreparedKernel:
     """A kernel with its centers already transformed: reused for every row block of a pass.
 
     Build it with :func:`prepare_kernel`; it is small (``m x d``) and is what a distributed pass sends to
-    the workers once.
+    the workers once (with its backend, so that every worker computes the same way).
 
     Attributes
     ----------
@@ -156,6 +234,8 @@ class PreparedKernel:
     bandwidth : float
     centers_aug : array, shape (m, d + 2)
         ``[centers_t, centers_sq, 1]`` for the fused distance GEMM.
+    backend : {'fused', 'reference'}
+        How a block's elementwise tail runs (:func:`kernel_backend`).
     """
 
     S: Any
@@ -164,6 +244,7 @@ class PreparedKernel:
     kernel: str
     bandwidth: float
     centers_aug: Any
+    backend: str = "fused"
 
     @property
     def diag(self) -> bool:
@@ -195,6 +276,27 @@ class PreparedKernel:
         Xt = apply_metric_root(X.astype(self.centers_t.dtype, copy=False), self.S)
         return Xt, (Xt * Xt).sum(axis=1)
 
+    def _fused(self, Xt: Any, x_sq: Any, *, weights: bool) -> Any:
+        """The kernel (or gradient weights) by the fused backend: tiles on the CPU
+        (:func:`rfmdist.fused.block`), the GEMM then one elementwise kernel on a GPU."""
+        from rfmdist import fused
+
+        if get_namespace(Xt) is np:
+            return fused.block(self, Xt, x_sq, weights=weights)
+        scale = self.distance_scale
+        dist, limit = gemm_distances(Xt, x_sq, self.centers_aug, scale=scale)
+        return fused.kernel_tail(
+            dist,
+            limit,
+            Xt,
+            self.centers_t,
+            scale=scale,
+            kernel=self.kernel,
+            bandwidth=self.bandwidth,
+            weights=weights,
+            guard=LAPLACE_GRADIENT_GUARD,
+        )
+
     def _scaled_distances(self, Xt: Any, x_sq: Any, near_pairs: bool = False) -> Any:
         return squared_distances(
             Xt,
@@ -206,29 +308,43 @@ class PreparedKernel:
             near_pairs=near_pairs,
         )
 
-    def block_and_radius(self, Xt: Any, x_sq: Any) -> tuple[Any, Any, tuple[Any, Any]]:
-        """Kernel block of transformed rows and, for the Laplace kernel, ``||x - z||_M``.
+    def gradient_weights(self, Xt: Any, x_sq: Any) -> Any:
+        """The kernel weights of the predictor's gradient (:mod:`rfmdist.agop`): ``K`` (Gaussian) or
+        ``K / ||x - z||_M`` (Laplace, 0 for centers closer than :data:`LAPLACE_GRADIENT_GUARD`, the
+        ``x = z`` singularity).
+
+        Parameters
+        ----------
+        Xt, x_sq : arrays, shapes (b, d) and (b,)
+            Transformed rows and their squared norms (:meth:`transform`).
 
         Returns
         -------
-        values : array, shape (b, m)
-        radius : array, shape (b, m), or None for the Gaussian kernel
-        near : (rows, cols)
-            The pairs closer than the distance GEMM resolves (see :func:`squared_distances`).
+        array, shape (b, m)
         """
+        if self.backend == "fused":
+            return self._fused(Xt, x_sq, weights=True)
         xp = get_namespace(Xt)
-        scaled, near = self._scaled_distances(Xt, x_sq, near_pairs=True)
-        if self.kernel == "laplace":
-            root = xp.sqrt(scaled, out=scaled)  # ||x - z||_M / L
-            values = xp.exp(xp.negative(root))
-            root *= self.bandwidth
-            return values, root, near
-        return xp.exp(xp.negative(scaled, out=scaled), out=scaled), None, near
+        scaled, (rows, cols) = self._scaled_distances(Xt, x_sq, near_pairs=True)
+        if self.kernel == "gaussian":
+            return xp.exp(xp.negative(scaled, out=scaled), out=scaled)
+        root = xp.sqrt(scaled, out=scaled)  # ||x - z||_M / L
+        weights = xp.exp(xp.negative(root))
+        root *= self.bandwidth
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weights /= root
+        # Every pair within the guard is a near pair: the x = z singularity gets weight 0.
+        singular = root[rows, cols] < LAPLACE_GRADIENT_GUARD
+        weights[rows[singular], cols[singular]] = 0
+        return weights
 
     def block(self, X: Any) -> Any:
         """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m), computed in place."""
+        Xt, x_sq = self.transform(X)
+        if self.backend == "fused":
+            return self._fused(Xt, x_sq, weights=False)
         xp = get_namespace(X)
-        values = self._scaled_distances(*self.transform(X))
+        values = self._scaled_distances(Xt, x_sq)
         if self.kernel == "laplace":
             xp.sqrt(values, out=values)
         xp.negative(values, out=values)
@@ -236,7 +352,12 @@ class PreparedKernel:
 
 
 def prepare_kernel(
-    centers: Any, M: Any, *, kernel: str = "laplace", bandwidth: float = 10.0
+    centers: Any,
+    M: Any,
+    *,
+    kernel: str = "laplace",
+    bandwidth: float = 10.0,
+    backend: str | None = None,
 ) -> PreparedKernel:
     """Transform the centers once for a pass of kernel evaluations.
 
@@ -248,6 +369,8 @@ def prepare_kernel(
     kernel : {'laplace', 'gaussian'}
     bandwidth : float
         ``L > 0``.
+    backend : {'fused', 'reference'}, optional
+        By default :func:`kernel_backend`'s choice (``$RFMDIST_KERNEL_BACKEND``, else 'fused').
     """
     if kernel not in KERNELS:
         raise ValueError(
@@ -266,6 +389,7 @@ def prepare_kernel(
         kernel=kernel,
         bandwidth=float(bandwidth),
         centers_aug=augment_centers(centers_t, centers_sq),
+        backend=kernel_backend(backend),
     )
 
 

@@ -25,6 +25,7 @@ Only plain device allocations are made (CuPy's default pool over ``cudaMalloc``)
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ import numpy as np
 from rfmdist import backend
 
 CPU_BLOCK_BYTES = 8 * 2**20
+# A core's L2 cache where the OS does not say (the fused CPU passes' tiles take half of it).
+DEFAULT_L2_BYTES = 2**21
+L2_CACHE_FILE = "/sys/devices/system/cpu/cpu0/cache/index2/size"
 GPU_MAX_BLOCK_BYTES = 2**30
 # Block-sized arrays alive at once in the worst pass (the Laplace gradient of a block).
 BLOCK_TEMPORARIES = 8
@@ -53,6 +57,26 @@ def device_of(like: Any) -> str:
     """``'gpu'`` for a CuPy array (or a Dask array of CuPy chunks), else ``'cpu'``."""
     meta = getattr(like, "_meta", like)
     return "gpu" if backend.is_cupy_array(meta) else "cpu"
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+    """A core's L2 cache in bytes, from ``/sys`` (Linux), else :data:`DEFAULT_L2_BYTES`."""
+    try:
+        text = Path(L2_CACHE_FILE).read_text().strip().upper()
+    except OSError:
+        return DEFAULT_L2_BYTES
+    units = {"K": 2**10, "M": 2**20}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (ValueError, IndexError):
+        return DEFAULT_L2_BYTES
+
+
+def tile_bytes() -> int:
+    """Bytes of one tile of a fused CPU pass (:mod:`rfmdist.fused`): half a core's L2 cache, so that
+    the tile and the GEMM's packed operands stay in it."""
+    return max(2**16, l2_cache_bytes() // 2)
 
 
 def _fraction(name: str, default: float) -> float:

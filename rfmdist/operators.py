@@ -197,6 +197,15 @@ class BlockedKernelOperator:
             lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
         )
 
+    def _tiled(self) -> bool:
+        """True when products run on cache-sized tiles and never form a kernel block
+        (:mod:`rfmdist.fused`): the fused backend on the CPU, with no kernel kept."""
+        return (
+            not self.cache
+            and self.prepared.backend == "fused"
+            and get_namespace(self.prepared.centers_t) is np
+        )
+
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
         if self._cached is not None:
@@ -240,6 +249,14 @@ class BlockedKernelOperator:
             return _block_matvec(K, V).astype(V.dtype, copy=False)
         xp = get_namespace(V)
         out = xp.empty((self.n_rows, V.shape[1]), dtype=V.dtype)
+        if self._tiled():
+            from rfmdist import fused
+
+            def tiles(rows: slice) -> None:
+                out[rows] = fused.matvec(self.prepared, self.X[rows], V)
+
+            map_blocks(tiles, self._slices(), self.workers)
+            return out
 
         def product(rows: slice, K: Any) -> None:
             out[rows] = _block_matvec(K, V)
@@ -252,7 +269,16 @@ class BlockedKernelOperator:
         K = self._whole()
         if K is not None:
             return _block_rmatvec(K, U).astype(U.dtype, copy=False)
-        total = self._sum(lambda rows, K: _block_rmatvec(K, U[rows]))
+        if self._tiled():
+            from rfmdist import fused
+
+            total = sum_blocks(
+                lambda rows: fused.rmatvec(self.prepared, self.X[rows], U[rows]),
+                self._slices(),
+                self.workers,
+            )
+        else:
+            total = self._sum(lambda rows, K: _block_rmatvec(K, U[rows]))
         return total.astype(U.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
@@ -260,7 +286,16 @@ class BlockedKernelOperator:
         K = self._whole()
         if K is not None:
             return _block_normal(K, V).astype(V.dtype, copy=False)
-        total = self._sum(lambda rows, K: _block_normal(K, V))
+        if self._tiled():
+            from rfmdist import fused
+
+            total = sum_blocks(
+                lambda rows: fused.normal_matvec(self.prepared, self.X[rows], V),
+                self._slices(),
+                self.workers,
+            )
+        else:
+            total = self._sum(lambda rows, K: _block_normal(K, V))
         return total.astype(V.dtype, copy=False)
 
     def gram(self) -> Any:

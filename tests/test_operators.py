@@ -125,18 +125,19 @@ def test_dask_operator_threaded(problem, chunks, split_every, cache):
 
 
 BLAS_BUDGETS_SEEN: list[int] = []
-"""The BLAS thread budget in force wherever a :class:`RecordingKernel` computed a block."""
+"""The BLAS thread budget in force wherever a :class:`RecordingKernel` took a block of rows."""
 
 
 @dataclasses.dataclass(frozen=True)
 class RecordingKernel(PreparedKernel):
-    """A prepared kernel recording the BLAS budget of the thread computing each block (defined at
-    module level: Dask may copy the graph's objects, and a module-level class is copied by
-    reference, so its records land in :data:`BLAS_BUDGETS_SEEN`)."""
+    """A prepared kernel recording the BLAS budget of the thread taking each block of rows (its
+    transform: the kernel block and the fused tiles both start there; defined at module level: Dask
+    may copy the graph's objects, and a module-level class is copied by reference, so its records
+    land in :data:`BLAS_BUDGETS_SEEN`)."""
 
-    def block(self, X):
+    def transform(self, X):
         BLAS_BUDGETS_SEEN.append(blas_threads())
-        return super().block(X)
+        return super().transform(X)
 
 
 @pytest.mark.parametrize("cache", [False, True])

@@ -1,0 +1,594 @@
+"""The elementwise tail of a kernel block in one pass: Numba on the CPU, a CuPy kernel on a GPU.
+
+A kernel block starts as the distance GEMM's output (:func:`rfmdist.kernels.gemm_distances`: scaled
+squared distances, not yet clamped). The reference path then runs NumPy's ``maximum``, a row minimum,
+``sqrt``, ``negative`` and ``exp`` over the whole block, one array operation (one pass over memory) at a
+time. :func:`kernel_tail` does it in one pass per row, in place:
+
+1. the row's minimum, to find the pairs closer than the GEMM resolves (``limit``; usually none);
+2. those pairs recomputed from their differences, as the reference path does;
+3. clamp at zero, ``sqrt`` (Laplace), ``exp``, and for the AGOP's weights the division by the radius.
+
+Its ``exp`` is a vectorizable polynomial (:func:`exp_neg`; NumPy's SIMD ``exp`` is no faster, and a call
+to the C library's per element is several times slower), accurate to about 1 ulp (float64) and 2 ulp
+(float32). Arguments below the dtype's normal range give exactly 0 where NumPy gives subnormal numbers.
+
+The compiled functions release the GIL: the blocked loop's threads (:mod:`rfmdist.threads`) and the Dask
+workers' threads run them side by side, so the tail uses exactly the cores a pass is given. They are
+compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` moves the cache).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.extending import intrinsic, overload
+from numba.np import linalg as numba_linalg
+
+from rfmdist import memory
+from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel
+
+# Fast-math flags that keep each operation's rounding: no reassociation (which would undo the exact
+# range reduction of exp), but contraction to FMA and no NaN/inf/signed-zero bookkeeping.
+_ELEMENTWISE_FLAGS = {"nnan", "ninf", "nsz", "contract", "afn"}
+
+_LOG2E = 1.4426950408889634
+# ln 2 split so that k * hi is exact for |k| < 2**21 (float64) and 2**8 (float32).
+_LN2_HI_64, _LN2_LO_64 = 0.6931471803691238, 1.9082149292705877e-10
+_LN2_HI_32, _LN2_LO_32 = np.float32(0.693145751953125), np.float32(1.428606765330187e-06)
+# float32 constants (a float64 one would widen the loop to 8 lanes): log2(e), 1/2, 1, 0, the smallest
+# normal exponent, and the argument below which exp is subnormal (flushed to 0).
+_LOG2E_32, _HALF_32, _ONE_32, _ZERO_32 = (np.float32(v) for v in (_LOG2E, 0.5, 1.0, 0.0))
+_K_MIN_32, _CUT_32 = np.float32(-126.0), np.float32(-87.0)
+# e**r on |r| <= ln2 / 2 to a relative 1.3e-17: the degree-11 interpolant at Chebyshev nodes
+# (coefficients of r**11 down to r**2; those of r and 1 are 1).
+_EXP64_POLYNOMIAL = (
+    2.5112773160490253e-08,
+    2.763266884405684e-07,
+    2.7557230408923952e-06,
+    2.480148536058251e-05,
+    0.00019841269904973566,
+    0.0013888888952488711,
+    0.008333333333310228,
+    0.04166666666648709,
+    0.16666666666666705,
+    0.5000000000000019,
+)
+_F32_TAYLOR = tuple(np.float32(1.0 / np.prod(np.arange(1, k + 1))) for k in range(7, 1, -1))
+
+
+@intrinsic
+def _pow2(typingctx: Any, k: Any) -> Any:
+    """``2**k`` for an integral float ``k`` in the dtype's normal exponent range (bit arithmetic)."""
+    width, mantissa, bias = (64, 52, 1023) if k == types.float64 else (32, 23, 127)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        integer = ir.IntType(width)
+        exponent = builder.add(builder.fptosi(args[0], integer), ir.Constant(integer, bias))
+        bits = builder.shl(exponent, ir.Constant(integer, mantissa))
+        return builder.bitcast(bits, context.get_value_type(k))
+
+    return k(k), codegen
+
+
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, cache=True)
+def _exp_neg64(x: float) -> float:
+    """``exp(x)`` for ``x <= 0`` in float64: ``2**k e**r`` with ``|r| <= ln2 / 2`` and ``e**r`` by
+    :data:`_EXP64_POLYNOMIAL` (Horner)."""
+    k = max(np.floor(x * _LOG2E + 0.5), -1022.0)
+    r = (x - k * _LN2_HI_64) - k * _LN2_LO_64
+    c11, c10, c9, c8, c7, c6, c5, c4, c3, c2 = _EXP64_POLYNOMIAL
+    p = c11
+    p = p * r + c10
+    p = p * r + c9
+    p = p * r + c8
+    p = p * r + c7
+    p = p * r + c6
+    p = p * r + c5
+    p = p * r + c4
+    p = p * r + c3
+    p = p * r + c2
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _pow2(k) if x > -708.0 else 0.0
+
+
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, cache=True)
+def _exp_neg32(x: np.float32) -> np.float32:
+    """``exp(x)`` for ``x <= 0`` in float32 (every constant float32, so that the loop keeps 16 lanes)."""
+    c7, c6, c5, c4, c3, c2 = _F32_TAYLOR
+    k = max(np.floor(x * _LOG2E_32 + _HALF_32), _K_MIN_32)
+    r = (x - k * _LN2_HI_32) - k * _LN2_LO_32
+    p = c7
+    p = p * r + c6
+    p = p * r + c5
+    p = p * r + c4
+    p = p * r + c3
+    p = p * r + c2
+    p = p * r + _ONE_32
+    p = p * r + _ONE_32
+    return p * _pow2(k) if x > _CUT_32 else _ZERO_32
+
+
+def exp_neg(x):  # type: ignore[no-untyped-def]  # pragma: no cover - the overload runs instead
+    """``exp(x)`` for ``x <= 0`` in the dtype of ``x``; callable from compiled code only (the
+    annotations are left off: Numba matches them against the overload's)."""
+    raise NotImplementedError("exp_neg is for Numba-compiled code; use numpy.exp elsewhere")
+
+
+@overload(exp_neg)
+def _exp_neg_overload(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        return lambda x: _exp_neg32(x)
+    return lambda x: _exp_neg64(x)
+
+
+@numba.njit(nogil=True, cache=True)
+def _has_near(row: Any, limit: Any) -> bool:
+    """True if a distance of the row is below ``limit`` (> 0, so the clamp does not matter); a
+    count, which vectorizes where a floating-point minimum does not."""
+    count = 0
+    for j in range(row.shape[0]):
+        if row[j] < limit:
+            count += 1
+    return count > 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _recompute_near(row: Any, limit: Any, x: Any, centers: Any, scale: float) -> None:
+    """Pairs of this row closer than ``limit`` recomputed from their differences (after the clamp)."""
+    zero = row.dtype.type(0)
+    for j in range(row.shape[0]):
+        if max(row[j], zero) < limit:
+            total = zero
+            for k in range(x.shape[0]):
+                diff = x[k] - centers[j, k]
+                total += diff * diff
+            row[j] = scale * total
+
+
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+def _laplace_values(row: Any) -> None:
+    zero = row.dtype.type(0)
+    for j in range(row.shape[0]):
+        row[j] = exp_neg(-np.sqrt(max(row[j], zero)))
+
+
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+def _laplace_weights(row: Any, bandwidth: Any, guard: Any) -> None:
+    """``K / ||x - z||_M``, 0 within ``guard`` of the ``x = z`` singularity."""
+    zero = row.dtype.type(0)
+    for j in range(row.shape[0]):
+        root = np.sqrt(max(row[j], zero))
+        radius = root * bandwidth
+        row[j] = exp_neg(-root) / radius if radius >= guard else zero
+
+
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+def _gaussian_values(row: Any) -> None:
+    zero = row.dtype.type(0)
+    for j in range(row.shape[0]):
+        row[j] = exp_neg(-max(row[j], zero))
+
+
+@numba.njit(nogil=True, cache=True)
+def _cpu_tail(
+    dist: Any,
+    start: int,
+    limit: Any,
+    rows_t: Any,
+    centers_t: Any,
+    scale: float,
+    laplace: bool,
+    weights: bool,
+    bandwidth: float,
+    guard: float,
+) -> None:
+    """The tail of the columns ``start:start + len(centers_t)`` of ``dist`` (b, >= m), in place: the
+    whole array and an offset, as a slice of a row is contiguous where a 2-D view's row is not."""
+    one = dist.dtype.type(1)
+    bandwidth_t, guard_t = one * bandwidth, one * guard
+    stop = start + centers_t.shape[0]
+    for i in range(dist.shape[0]):
+        row = dist[i, start:stop]
+        if _has_near(row, limit[i]):
+            _recompute_near(row, limit[i], rows_t[i], centers_t, one * scale)
+        if not laplace:
+            _gaussian_values(row)
+        elif weights:
+            _laplace_weights(row, bandwidth_t, guard_t)
+        else:
+            _laplace_values(row)
+
+
+# --- BLAS from compiled code: the GEMM Numba's own np.dot calls, on row-major views ----------------
+
+
+def gemm(A, B, C, trans_a, trans_b, beta):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``C = op(A) op(B) + beta C`` on row-major 2-D views with unit column stride (any row stride),
+    from compiled code only: BLAS on the calling thread, so that the threads of a pass stay theirs."""
+    raise NotImplementedError("gemm is for Numba-compiled code")
+
+
+@overload(gemm)
+def _gemm_overload(A, B, C, trans_a, trans_b, beta):  # type: ignore[no-untyped-def]
+    # SciPy's BLAS through Numba's helper library (what np.dot uses; a ctypes pointer instead would
+    # keep the compiled code from being cached on disk).
+    routine = numba_linalg._BLAS().numba_xxgemm(C.dtype)
+    kind = ord("s" if C.dtype == types.float32 else "d")
+
+    def impl(A, B, C, trans_a, trans_b, beta):  # type: ignore[no-untyped-def]
+        # Column-major BLAS sees a row-major X as X^T: C^T = op(B)^T op(A)^T.
+        factors = np.array([1.0, beta], dtype=C.dtype)
+        routine(
+            kind,
+            _YES if trans_b else _NO,
+            _YES if trans_a else _NO,
+            C.shape[1],
+            C.shape[0],
+            A.shape[0] if trans_a else A.shape[1],
+            factors[0:].ctypes,
+            B.ctypes,
+            B.strides[0] // B.itemsize,
+            A.ctypes,
+            A.strides[0] // A.itemsize,
+            factors[1:].ctypes,
+            C.ctypes,
+            C.strides[0] // C.itemsize,
+        )
+
+    return impl
+
+
+_NO, _YES = ord("n"), ord("t")
+
+
+# --- cache-sized tiles: GEMM, tail and contraction while the tile is in cache -----------------------
+
+BLOCK, MATVEC, RMATVEC = 0, 1, 2
+# Up to this many columns, a tile's product with a block of vectors is a loop, not a GEMM.
+FEW_COLUMNS = 8
+# Rows of a tile when the centers are many (its width then follows from the tile's bytes).
+TILE_ROWS = 256
+# A strip of K^T (K V) (all centers, so that both products use it) is this many tiles' bytes.
+STRIP_TILES = 4
+
+
+@numba.njit(nogil=True, cache=True)
+def _fill_tile(
+    tile: Any,
+    start: int,
+    rows_aug: Any,
+    limit: Any,
+    rows_t: Any,
+    centers_aug: Any,
+    centers_t: Any,
+    scale: float,
+    laplace: bool,
+    weights: bool,
+    bandwidth: float,
+    guard: float,
+) -> None:
+    """The kernel (or weights) of a tile of rows against a tile of centers, into the columns
+    ``start:start + len(centers_aug)`` of ``tile``."""
+    gemm(rows_aug, centers_aug, tile[:, start : start + centers_aug.shape[0]], False, True, 0.0)
+    _cpu_tail(tile, start, limit, rows_t, centers_t, scale, laplace, weights, bandwidth, guard)
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _add_row_products(tile: Any, operand_t: Any, start: int, out: Any) -> None:
+    """``out += tile @ operand_t[:, start:start + width].T`` for few columns: one dot product per row
+    and column (BLAS's GEMM with one or two columns runs at a fraction of this). The whole
+    ``operand_t`` and an offset, not a view of its columns: a slice of one of its rows is contiguous
+    (an indexed ``operand_t[k, start + j]`` keeps the loop from vectorizing)."""
+    width = tile.shape[1]
+    for i in range(tile.shape[0]):
+        row = tile[i]
+        for k in range(operand_t.shape[0]):
+            column = operand_t[k, start : start + width]
+            total = row.dtype.type(0)
+            for j in range(width):
+                total += row[j] * column[j]
+            out[i, k] += total
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _add_column_products(tile: Any, operand: Any, out_t: Any, start: int) -> None:
+    """``out_t[:, start:start + width] += (tile.T @ operand).T`` for few columns: one AXPY per row and
+    column (the whole ``out_t`` and an offset, as in :func:`_add_row_products`)."""
+    width = tile.shape[1]
+    for i in range(tile.shape[0]):
+        row = tile[i]
+        for k in range(operand.shape[1]):
+            weight = operand[i, k]
+            target = out_t[k, start : start + width]
+            for j in range(width):
+                target[j] += row[j] * weight
+
+
+@numba.njit(nogil=True, cache=True)
+def _tile_pass(
+    mode: int,
+    rows_aug: Any,
+    limit: Any,
+    rows_t: Any,
+    centers_aug: Any,
+    centers_t: Any,
+    scale: float,
+    laplace: bool,
+    weights: bool,
+    bandwidth: float,
+    guard: float,
+    tile_rows: int,
+    tile_cols: int,
+    operand: Any,
+    out: Any,
+) -> None:
+    """One block's pass, tile by tile: ``BLOCK`` writes the kernel to ``out`` (b, m); ``MATVEC`` adds
+    ``K operand`` (operand (m, c)) to ``out`` (b, c); ``RMATVEC`` adds ``K^T operand`` (operand
+    (b, c)) to ``out`` (m, c). With at most :data:`FEW_COLUMNS` columns the products are loops over the
+    tile (``operand`` of MATVEC and ``out`` of RMATVEC then transposed: (c, m)), else BLAS."""
+    b, m = rows_aug.shape[0], centers_aug.shape[0]
+    few = mode != BLOCK and operand.shape[0 if mode == MATVEC else 1] <= FEW_COLUMNS
+    buffer = np.empty(tile_rows * tile_cols, dtype=out.dtype)
+    for i0 in range(0, b, tile_rows):
+        i1 = min(i0 + tile_rows, b)
+        for j0 in range(0, m, tile_cols):
+            j1 = min(j0 + tile_cols, m)
+            # The kernel goes straight into its place in the block; products use a cached tile.
+            if mode == BLOCK:
+                tile, start = out[i0:i1], j0
+            else:
+                tile, start = buffer[: (i1 - i0) * (j1 - j0)].reshape((i1 - i0, j1 - j0)), 0
+            _fill_tile(
+                tile,
+                start,
+                rows_aug[i0:i1],
+                limit[i0:i1],
+                rows_t[i0:i1],
+                centers_aug[j0:j1],
+                centers_t[j0:j1],
+                scale,
+                laplace,
+                weights,
+                bandwidth,
+                guard,
+            )
+            if mode == BLOCK:
+                continue
+            if mode == MATVEC and few:
+                _add_row_products(tile, operand, j0, out[i0:i1])
+            elif mode == MATVEC:
+                gemm(tile, operand[j0:j1], out[i0:i1], False, False, 1.0)
+            elif few:
+                _add_column_products(tile, operand[i0:i1], out, j0)
+            else:
+                gemm(tile, operand[i0:i1], out[j0:j1], True, False, 1.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def _normal_pass(
+    rows_aug: Any,
+    limit: Any,
+    rows_t: Any,
+    centers_aug: Any,
+    centers_t: Any,
+    scale: float,
+    laplace: bool,
+    bandwidth: float,
+    strip_rows: int,
+    V: Any,
+    out: Any,
+) -> None:
+    """Adds ``K^T (K V)`` of a block to ``out`` (m, c): per strip of rows (all centers), the strip's
+    kernel once, then both products from it while it is in cache."""
+    b, m = rows_aug.shape[0], centers_aug.shape[0]
+    strip = np.empty(strip_rows * m, dtype=out.dtype)
+    products = np.empty(strip_rows * V.shape[1], dtype=out.dtype)
+    for i0 in range(0, b, strip_rows):
+        i1 = min(i0 + strip_rows, b)
+        kernel = strip[: (i1 - i0) * m].reshape((i1 - i0, m))
+        _fill_tile(
+            kernel,
+            0,
+            rows_aug[i0:i1],
+            limit[i0:i1],
+            rows_t[i0:i1],
+            centers_aug,
+            centers_t,
+            scale,
+            laplace,
+            False,
+            bandwidth,
+            0.0,
+        )
+        product = products[: (i1 - i0) * V.shape[1]].reshape((i1 - i0, V.shape[1]))
+        gemm(kernel, V, product, False, False, 0.0)
+        gemm(kernel, product, out, True, False, 1.0)
+
+
+@functools.cache
+def _gpu_tail_kernel(laplace: bool, weights: bool) -> Any:
+    """The CuPy elementwise kernel of the clamp, ``sqrt``, ``exp`` and (AGOP) the division."""
+    from rfmdist.backend import cupy_module
+
+    if not laplace:
+        body = "y = exp(-max(d, (T)0));"
+    elif weights:
+        body = "T root = sqrt(max(d, (T)0)); T radius = root * (T)bandwidth; y = radius >= (T)guard ? exp(-root) / radius : (T)0;"
+    else:
+        body = "y = exp(-sqrt(max(d, (T)0)));"
+    return cupy_module().ElementwiseKernel(
+        "T d, float64 bandwidth, float64 guard", "T y", body, f"rfmdist_tail_{laplace}_{weights}"
+    )
+
+
+def kernel_tail(
+    dist: Any,
+    limit: Any,
+    rows_t: Any,
+    centers_t: Any,
+    *,
+    scale: float,
+    kernel: str,
+    bandwidth: float,
+    weights: bool = False,
+    guard: float = 0.0,
+) -> Any:
+    """Kernel values (or the AGOP's gradient weights) from the distance GEMM's output, in place.
+
+    Parameters
+    ----------
+    dist : array, shape (b, m)
+        ``scale * ||x' - z'||^2`` by GEMM, before the clamp at zero; overwritten.
+    limit : array, shape (b,)
+        Per row, the scaled squared distance below which a pair is recomputed from its difference.
+    rows_t : array, shape (b, d)
+        The rows in the transformed space.
+    centers_t : array, shape (m, d)
+        The centers in the transformed space.
+    scale : float
+        The factor in ``dist`` (``1/L^2`` Laplace, ``1/(2 L^2)`` Gaussian).
+    kernel : {'laplace', 'gaussian'}
+    bandwidth : float
+    weights : bool, default False
+        Return the AGOP's gradient weights (``K / ||x - z||_M`` for Laplace, ``K`` for Gaussian).
+    guard : float
+        Laplace weights of pairs closer than this radius are 0.
+
+    Returns
+    -------
+    array, shape (b, m)
+        ``dist`` itself, overwritten.
+    """
+    from rfmdist.backend import is_cupy_array
+
+    laplace = kernel == "laplace"
+    if is_cupy_array(dist):
+        from rfmdist.kernels import recompute_near_pairs
+
+        recompute_near_pairs(dist, limit, rows_t, centers_t, scale)
+        return _gpu_tail_kernel(laplace, weights)(dist, bandwidth, guard, dist)
+    _cpu_tail(dist, 0, limit, rows_t, centers_t, scale, laplace, weights, bandwidth, guard)
+    return dist
+
+
+# --- the passes' entry points (NumPy arrays, the 'fused' backend) -----------------------------------
+
+
+def _operands(prepared: PreparedKernel, X: Any) -> tuple[Any, ...]:
+    """What every tile needs of a block of rows: the augmented rows, their near-pair limits and the
+    transformed rows, with the centers' side, the scale and the kernel's flags."""
+    Xt, x_sq = prepared.transform(X)
+    return _kernel_operands(prepared, Xt, x_sq)
+
+
+def _kernel_operands(prepared: PreparedKernel, Xt: Any, x_sq: Any) -> tuple[Any, ...]:
+    from rfmdist.kernels import augment_rows
+
+    scale = prepared.distance_scale
+    rows_aug, limit = augment_rows(Xt, x_sq, prepared.centers_aug, scale=scale)
+    return (
+        rows_aug,
+        limit,
+        np.ascontiguousarray(Xt),
+        prepared.centers_aug,
+        prepared.centers_t,
+        scale,
+        prepared.kernel == "laplace",
+    )
+
+
+def tile_shape(n_centers: int, itemsize: int, tile_bytes: int | None = None) -> tuple[int, int]:
+    """Rows and centers of a tile of about ``tile_bytes`` (by default half a core's L2 cache).
+
+    Examples
+    --------
+    >>> tile_shape(5000, 8, tile_bytes=2**20)
+    (256, 512)
+    >>> tile_shape(100, 8, tile_bytes=2**20)
+    (1310, 100)
+    """
+    tile_bytes = tile_bytes or memory.tile_bytes()
+    cols = max(1, min(n_centers, max(64, tile_bytes // (TILE_ROWS * itemsize))))
+    return max(1, tile_bytes // (cols * itemsize)), cols
+
+
+def _run_tiles(
+    prepared: PreparedKernel,
+    operands: tuple[Any, ...],
+    mode: int,
+    operand: Any,
+    out: Any,
+    *,
+    weights: bool = False,
+) -> Any:
+    rows, cols = tile_shape(prepared.n_centers, out.itemsize)
+    _tile_pass(
+        mode,
+        *operands,
+        weights,
+        prepared.bandwidth,
+        LAPLACE_GRADIENT_GUARD,
+        rows,
+        cols,
+        operand,
+        out,
+    )
+    return out
+
+
+def block(prepared: PreparedKernel, Xt: Any, x_sq: Any, *, weights: bool = False) -> Any:
+    """Kernel values ``K(X, Z)`` (or the AGOP's gradient weights) of transformed rows.
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+    Xt, x_sq : arrays, shapes (b, d) and (b,)
+        :meth:`PreparedKernel.transform` of the rows.
+    weights : bool, default False
+        ``K / ||x - z||_M`` (Laplace; 0 at the ``x = z`` singularity) or ``K`` (Gaussian).
+
+    Returns
+    -------
+    array, shape (b, m), the kernel's dtype
+    """
+    out = np.empty((Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
+    operands = _kernel_operands(prepared, Xt, x_sq)
+    return _run_tiles(prepared, operands, BLOCK, out[:0], out, weights=weights)
+
+
+def _in_kernel_dtype(prepared: PreparedKernel, V: Any) -> Any:
+    return np.ascontiguousarray(V, dtype=prepared.centers_t.dtype)
+
+
+def matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
+    """``K(X, Z) V`` without the kernel block: X (b, d), V (m, c); result (b, c), kernel's dtype."""
+    V = _in_kernel_dtype(prepared, V)
+    out = np.zeros((X.shape[0], V.shape[1]), dtype=V.dtype)
+    operand = np.ascontiguousarray(V.T) if V.shape[1] <= FEW_COLUMNS else V
+    return _run_tiles(prepared, _operands(prepared, X), MATVEC, operand, out)
+
+
+def rmatvec(prepared: PreparedKernel, X: Any, U: Any) -> Any:
+    """``K(X, Z)^T U`` without the kernel block: X (b, d), U (b, c); result (m, c), kernel's dtype."""
+    U = _in_kernel_dtype(prepared, U)
+    few = U.shape[1] <= FEW_COLUMNS
+    shape = (U.shape[1], prepared.n_centers) if few else (prepared.n_centers, U.shape[1])
+    out = _run_tiles(prepared, _operands(prepared, X), RMATVEC, U, np.zeros(shape, U.dtype))
+    return out.T if few else out
+
+
+def normal_matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
+    """``K^T (K V)`` of a block: X (b, d), V (m, c); result (m, c), kernel's dtype."""
+    V = _in_kernel_dtype(prepared, V)
+    out = np.zeros((prepared.n_centers, V.shape[1]), dtype=V.dtype)
+    rows, cols = tile_shape(prepared.n_centers, V.itemsize)
+    strip_rows = max(16, STRIP_TILES * rows * cols // prepared.n_centers)
+    _normal_pass(*_operands(prepared, X), prepared.bandwidth, strip_rows, V, out)
+    return out
