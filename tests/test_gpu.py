@@ -87,6 +87,32 @@ def test_block_functions_match_numpy(cp, dtype, kernel, diag):
         assert_close(gpu, agop_block_sum(X, Z, coef, M, diag=diag_sum, **args), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["laplace", "gaussian"])
+def test_fused_gpu_tail_equals_the_reference_path(cp, dtype, kernel):
+    """The fused backend's elementwise CuPy kernel against the reference path's CuPy array
+    operations, with coincident and near-duplicate centers (kernel values and AGOP weights)."""
+    X, Z, M, _ = task()
+    Z = np.vstack([Z, X[:10], X[10:20] + 1e-7]).astype(dtype)
+    X = cp.asarray(X.astype(dtype))
+    on_gpu = {
+        backend_name: prepare_kernel(
+            cp.asarray(Z),
+            cp.asarray(M.astype(dtype)),
+            kernel=kernel,
+            bandwidth=2.0,
+            backend=backend_name,
+        )
+        for backend_name in ("fused", "reference")
+    }
+    fused_kernel, reference = on_gpu["fused"], on_gpu["reference"]
+    assert_close(fused_kernel.block(X), reference.block(X), dtype)
+    Xt, x_sq = reference.transform(X)
+    assert_close(
+        fused_kernel.gradient_weights(Xt, x_sq), reference.gradient_weights(Xt, x_sq), dtype
+    )
+
+
 # --- operators -------------------------------------------------------------------------------------
 
 
