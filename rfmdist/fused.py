@@ -128,6 +128,10 @@ def _exp_neg_overload(x):  # type: ignore[no-untyped-def]
     return lambda x: _exp_neg64(x)
 
 
+# Entries of a row tested together for near pairs before they are looked at one by one.
+NEAR_SCAN = 64
+
+
 @numba.njit(nogil=True, cache=True)
 def _has_near(row: Any, limit: Any) -> bool:
     """True if a distance of the row is below ``limit`` (> 0, so the clamp does not matter); a
@@ -141,15 +145,22 @@ def _has_near(row: Any, limit: Any) -> bool:
 
 @numba.njit(nogil=True, cache=True)
 def _recompute_near(row: Any, limit: Any, x: Any, centers: Any, scale: float) -> None:
-    """Pairs of this row closer than ``limit`` recomputed from their differences (after the clamp)."""
+    """Pairs of this row closer than ``limit`` recomputed from their differences. The row is scanned
+    in runs of :data:`NEAR_SCAN` (a vectorized test each); only runs with a near pair are looked at
+    one by one (in an exact fit every row has one: its own center)."""
     zero = row.dtype.type(0)
-    for j in range(row.shape[0]):
-        if max(row[j], zero) < limit:
-            total = zero
-            for k in range(x.shape[0]):
-                diff = x[k] - centers[j, k]
-                total += diff * diff
-            row[j] = scale * total
+    width = row.shape[0]
+    for run in range(0, width, NEAR_SCAN):
+        stop = min(run + NEAR_SCAN, width)
+        if not _has_near(row[run:stop], limit):
+            continue
+        for j in range(run, stop):
+            if row[j] < limit:
+                total = zero
+                for k in range(x.shape[0]):
+                    diff = x[k] - centers[j, k]
+                    total += diff * diff
+                row[j] = scale * total
 
 
 @numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
