@@ -69,12 +69,6 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def asarray_like(x: Any, like: Any, dtype: Any = None) -> Any:
-    """Convert ``x`` to an array in the namespace (and device) of ``like``."""
-    xp = get_namespace(like)
-    return xp.asarray(x, dtype=dtype)
-
-
 @functools.cache
 def gpu_available() -> bool:
     """True if CuPy is installed and can allocate on at least one CUDA device."""

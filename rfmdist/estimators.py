@@ -227,6 +227,40 @@ class _RFMBase(BaseEstimator):
         ~5e-4 instead of ~6e-8), and the kernel's squared distances come from one GEMM, so kernel
         values of close points change by ~1e-3 to 1e-2. Check the validation score before relying on
         it. Ignored on the CPU.
+
+    Attributes
+    ----------
+    model_ : rfmdist.model.KernelMachine
+        The fitted predictor: preprocessing, centers, coefficients, ``M``, kernel, bandwidth, dtype
+        and target scaling (what :meth:`save` stores and :func:`rfmdist.load` reads back).
+    M_ : numpy.ndarray, shape (d, d), or (d,) with ``diag=True``
+        The feature matrix of the kept round (in the preprocessed feature space).
+    M_history_ : list of numpy.ndarray, one per round, shapes as ``M_``
+        The feature matrix each round was fitted with (round 0: the identity, or ones with
+        ``diag=True``).
+    feature_importances_ : numpy.ndarray, shape (d,)
+        The diagonal of ``M_`` divided by its largest entry.
+    coef_ : numpy.ndarray, shape (m, c)
+        The kernel coefficients of ``model_`` (c outputs: targets, or one-hot classes).
+    centers_ : numpy.ndarray, shape (m, d)
+        The centers of ``model_`` in the preprocessed space (all training rows for an exact fit).
+    best_iter_ : int
+        The kept round (the best on validation, or the last without validation).
+    n_iter_ : int
+        Rounds run (``len(history_)``).
+    history_ : list of dict, one per round
+        Train and validation scores, the solver's choice and record, seconds (of the round and of its
+        AGOP), centers, why the fit stopped.
+    refit_ : dict or None
+        The refit of the kept ``M`` on all rows when 10% were held out to choose the round (solver
+        record, rows, seconds); None when the fit had an ``eval_set`` or no refit ran.
+    seed_ : int
+        The seed the fit drew from ``random_state`` (centers, AGOP samples, validation rows; stored
+        with the model so that a resumed fit draws the same).
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : numpy.ndarray of str, shape (n_features_in_,)
+        Column names of a pandas ``X`` (only when it had string column names).
     """
 
     def __init__(
@@ -1161,7 +1195,11 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
     (['no', 'yes'], True)
     """
 
-    __doc__ += _RFMBase.__doc__.split("Parameters\n    ----------", 1)[1]
+    __doc__ += _RFMBase.__doc__.split("Parameters\n    ----------", 1)[1].replace(
+        "    Attributes\n    ----------\n",
+        "    Attributes\n    ----------\n    classes_ : numpy.ndarray, shape (n_classes,)\n"
+        "        The class labels, sorted; ``coef_``'s columns follow their order.\n",
+    )
 
     def _prepare_targets(self, y: Any, n: int) -> Any:
         if is_dask_array(y):

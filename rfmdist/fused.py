@@ -1,21 +1,32 @@
-"""The elementwise tail of a kernel block in one pass: Numba on the CPU, a CuPy kernel on a GPU.
+"""Fused kernel passes: the distance GEMM, its elementwise tail and the product in one pass.
 
-A kernel block starts as the distance GEMM's output (:func:`rfmdist.kernels.gemm_distances`: scaled
-squared distances, not yet clamped). The reference path then runs NumPy's ``maximum``, a row minimum,
-``sqrt``, ``negative`` and ``exp`` over the whole block, one array operation (one pass over memory) at a
-time. :func:`kernel_tail` does it in one pass per row, in place:
+The reference path (:mod:`rfmdist.kernels`) writes a whole kernel block to memory as the distance
+GEMM's output and then runs NumPy's ``maximum``, a row minimum, ``sqrt``, ``negative`` and ``exp`` over
+it, one array operation (one pass over memory) at a time, before the pass's product reads it again.
 
-1. the row's minimum, to find the pairs closer than the GEMM resolves (``limit``; usually none);
-2. those pairs recomputed from their differences, as the reference path does;
-3. clamp at zero, ``sqrt`` (Laplace), ``exp``, and for the AGOP's weights the division by the radius.
+On the CPU this module computes a block tile by tile instead (:func:`_tile_pass`), each tile about
+half a core's L2 cache (:func:`rfmdist.memory.tile_bytes`):
 
-Its ``exp`` is a vectorizable polynomial (:func:`exp_neg`; NumPy's SIMD ``exp`` is no faster, and a call
-to the C library's per element is several times slower), accurate to about 1 ulp (float64) and 2 ulp
-(float32). Arguments below the dtype's normal range give exactly 0 where NumPy gives subnormal numbers.
+1. the tile's distances by one BLAS GEMM called from compiled code (SciPy's BLAS, as Numba's own
+   ``np.dot``; :func:`gemm`), into the cached tile;
+2. per row, a vectorized test for pairs closer than the GEMM resolves (the near pairs of
+   :func:`rfmdist.kernels.augment_rows`), which are recomputed from their differences;
+3. the clamp at zero, ``sqrt`` (Laplace), ``exp`` and for the AGOP's weights the division by the radius,
+   in one vectorized loop;
+4. the tile's part of the pass: its product with the pass's vectors (a loop for a few columns, BLAS for
+   more), or its place in the kernel block when the block itself is wanted.
 
-The compiled functions release the GIL: the blocked loop's threads (:mod:`rfmdist.threads`) and the Dask
-workers' threads run them side by side, so the tail uses exactly the cores a pass is given. They are
-compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` moves the cache).
+Its ``exp`` is a vectorizable polynomial (:func:`exp_neg`; NumPy's SIMD ``exp`` is no faster, and the C
+library's, called per element, several times slower), accurate to 1 ulp (float64) and 2 ulp (float32).
+Arguments below the dtype's normal range give exactly 0 where NumPy gives subnormal numbers.
+
+Threads: nothing here starts a thread. The compiled functions release the GIL, so the blocked loop's
+threads (:mod:`rfmdist.threads`, BLAS limited to one thread each) and the Dask workers' threads run them
+side by side, each tile's GEMM on its calling thread: a pass uses exactly the cores it is given. The
+functions are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` moves the cache).
+
+On a GPU, :func:`kernel_tail` runs steps 2-3 after CuPy's GEMM: the near pairs as the reference path
+finds them, then one elementwise kernel.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel
 _ELEMENTWISE_FLAGS = {"nnan", "ninf", "nsz", "contract", "afn"}
 
 _LOG2E = 1.4426950408889634
-# ln 2 split so that k * hi is exact for |k| < 2**21 (float64) and 2**8 (float32).
+# ln 2 split so that k * hi is exact for every exponent k of the dtype's normal range.
 _LN2_HI_64, _LN2_LO_64 = 0.6931471803691238, 1.9082149292705877e-10
 _LN2_HI_32, _LN2_LO_32 = np.float32(0.693145751953125), np.float32(1.428606765330187e-06)
 # float32 constants (a float64 one would widen the loop to 8 lanes): log2(e), 1/2, 1, 0, the smallest
@@ -202,13 +213,14 @@ def _cpu_tail(
 ) -> None:
     """The tail of the columns ``start:start + len(centers_t)`` of ``dist`` (b, >= m), in place: the
     whole array and an offset, as a slice of a row is contiguous where a 2-D view's row is not."""
-    one = dist.dtype.type(1)
-    bandwidth_t, guard_t = one * bandwidth, one * guard
+    # In the kernel's dtype (a float64 scalar would widen a float32 loop to float64).
+    cast = dist.dtype.type
+    bandwidth_t, guard_t, scale_t = cast(bandwidth), cast(guard), cast(scale)
     stop = start + centers_t.shape[0]
     for i in range(dist.shape[0]):
         row = dist[i, start:stop]
         if _has_near(row, limit[i]):
-            _recompute_near(row, limit[i], rows_t[i], centers_t, one * scale)
+            _recompute_near(row, limit[i], rows_t[i], centers_t, scale_t)
         if not laplace:
             _gaussian_values(row)
         elif weights:
@@ -222,14 +234,16 @@ def _cpu_tail(
 
 def gemm(A, B, C, trans_a, trans_b, beta):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``C = op(A) op(B) + beta C`` on row-major 2-D views with unit column stride (any row stride),
-    from compiled code only: BLAS on the calling thread, so that the threads of a pass stay theirs."""
+    from compiled code only: BLAS called on the calling thread, under the BLAS thread budget in force
+    there (the blocked loop's threads limit it to one), so that a pass's threads stay its own."""
     raise NotImplementedError("gemm is for Numba-compiled code")
 
 
 @overload(gemm)
 def _gemm_overload(A, B, C, trans_a, trans_b, beta):  # type: ignore[no-untyped-def]
-    # SciPy's BLAS through Numba's helper library (what np.dot uses; a ctypes pointer instead would
-    # keep the compiled code from being cached on disk).
+    # SciPy's BLAS through Numba's helper library: what np.dot uses (numba.np.linalg._BLAS, private,
+    # hence the upper bound on numba in pyproject.toml); a ctypes pointer instead would keep the
+    # compiled code from being cached on disk.
     routine = numba_linalg._BLAS().numba_xxgemm(C.dtype)
     kind = ord("s" if C.dtype == types.float32 else "d")
 

@@ -23,7 +23,7 @@ import numpy as np
 from rfmdist.agop import normalized_diagonal
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
-from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
+from rfmdist.operators import kernel_operator
 from rfmdist.store import read_store
 
 
@@ -264,10 +264,7 @@ def full_agop(
     like = Xp._meta if is_dask_array(Xp) else Xp
     prepared = model.prepared(None if isinstance(like, np.ndarray) else like)
     coef = get_namespace(like).asarray(coef)
-    if is_dask_array(Xp):
-        op = DaskKernelOperator(Xp, prepared, split_every=estimator.split_every)
-    else:
-        op = BlockedKernelOperator(Xp, prepared, block_rows=batch_size)
+    op = kernel_operator(Xp, prepared, split_every=estimator.split_every, block_rows=batch_size)
     # The operators' diagonal AGOP is that of a diagonal M: take a full M's diagonal from the matrix.
     total = to_numpy(op.agop_sum(coef, diag=diag and model_diag)) / int(X.shape[0])
     return np.diagonal(total).copy() if diag and not model_diag else total

@@ -14,7 +14,7 @@ import numpy as np
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import PreparedKernel, prepare_kernel
-from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator
+from rfmdist.operators import kernel_operator
 
 # A shared range (see feature_scales): at least this share of the columns (and two) attains both the
 # data's smallest and its largest value.
@@ -175,8 +175,8 @@ class KernelMachine:
                 else self.coef
             )
             prepared = self.prepared(None if isinstance(meta_like, np.ndarray) else meta_like)
-            raw = DaskKernelOperator(Xp, prepared).lazy_predict(coef)
         else:
-            xp = get_namespace(X)
-            raw = BlockedKernelOperator(Xp, self.prepared(Xp)).predict(xp.asarray(self.coef))
+            coef = get_namespace(X).asarray(self.coef)
+            prepared = self.prepared(Xp)
+        raw = kernel_operator(Xp, prepared).lazy_predict(coef)
         return self.target_scaling.inverse(raw)

@@ -12,7 +12,8 @@ its ``m`` centers) and offers, without ever holding more than one row block of t
 
 :class:`BlockedKernelOperator` loops over row blocks of an in-memory NumPy/CuPy array;
 :class:`DaskKernelOperator` runs one graph per pass over a row-chunked Dask array and adds the per-chunk
-partial results by a tree reduction. Both use the same block functions.
+partial results by a tree reduction. Both use the same block functions and offer the same passes
+(:class:`KernelOperator`); :func:`kernel_operator` is the one place that picks one for the rows.
 
 Products are computed in the kernel's dtype and returned in the dtype of ``V`` (float64 solver state over
 a float32 kernel is the usual mixed precision).
@@ -24,7 +25,7 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -113,6 +114,74 @@ def _block_normal(K: Any, V: Any) -> Any:
     if V is None:  # the Gram matrix K^T K itself
         return K.T @ K
     return _product(K.T, _product(K, V.astype(K.dtype, copy=False)))
+
+
+class KernelOperator(Protocol):
+    """The passes over the rows that solvers, scores and the AGOP use (see the module docstring).
+
+    Results are computed arrays on the client (NumPy or CuPy), except :meth:`lazy_predict` of a Dask
+    operator.
+    """
+
+    prepared: PreparedKernel
+
+    @property
+    def n_rows(self) -> int: ...
+
+    def matvec(self, V: Any) -> Any: ...
+
+    def rmatvec(self, U: Any) -> Any: ...
+
+    def normal_matvec(self, V: Any) -> Any: ...
+
+    def gram(self) -> Any: ...
+
+    def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]: ...
+
+    def dense(self) -> Any: ...
+
+    def columns(self, centers: Any) -> Any: ...
+
+    def agop_sum(
+        self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None
+    ) -> Any: ...
+
+    def predict(self, coef: Any) -> Any: ...
+
+    def lazy_predict(self, coef: Any) -> Any: ...
+
+
+def kernel_operator(
+    X: Any,
+    prepared: PreparedKernel,
+    *,
+    cache: bool = False,
+    split_every: int = 8,
+    block_rows: int | None = None,
+    workspace: memory.Workspace | None = None,
+) -> KernelOperator:
+    """The kernel operator over the rows ``X``: Dask passes for a Dask array, else in-memory blocks.
+
+    Parameters
+    ----------
+    X : array or dask.array.Array, shape (n, d)
+    prepared : PreparedKernel
+    cache : bool, default False
+        Keep the ``n x m`` kernel after the first pass (on the workers for a Dask array).
+    split_every : int, default 8
+        Fan-in of a Dask operator's tree reductions.
+    block_rows : int, optional
+        Rows per block of an in-memory operator (by default from its kernel block bytes).
+    workspace : Workspace, optional
+        Where an in-memory operator keeps its cached kernel from round to round.
+    """
+    from rfmdist.data import is_dask_array
+
+    if is_dask_array(X):
+        return DaskKernelOperator(X, prepared, cache=cache, split_every=split_every)
+    return BlockedKernelOperator(
+        X, prepared, cache=cache, block_rows=block_rows, workspace=workspace
+    )
 
 
 class BlockedKernelOperator:
@@ -355,6 +424,10 @@ class BlockedKernelOperator:
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
         return self.matvec(coef)
+
+    def lazy_predict(self, coef: Any) -> Any:
+        """:meth:`predict` (in-memory rows give computed predictions)."""
+        return self.predict(coef)
 
 
 class DaskKernelOperator:

@@ -32,7 +32,7 @@ from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator, active_client
+from rfmdist.operators import KernelOperator, active_client, kernel_operator
 from rfmdist.progress import CGTracker, LogProgress
 from rfmdist.solvers import costs
 from rfmdist.solvers.systems import ExactSystem, NystromSystem, PCGSettings, solve_system
@@ -168,11 +168,11 @@ class TrainingData:
             and bool(np.all(self.center_rows == np.arange(self.n_rows)))
         )
 
-    def operator(self, prepared: Any, *, cache: bool, split_every: int) -> Any:
+    def operator(self, prepared: Any, *, cache: bool, split_every: int) -> KernelOperator:
         """A kernel operator over the training rows."""
-        if is_dask_array(self.X):
-            return DaskKernelOperator(self.X, prepared, cache=cache, split_every=split_every)
-        return BlockedKernelOperator(self.X, prepared, cache=cache, workspace=self.workspace)
+        return kernel_operator(
+            self.X, prepared, cache=cache, split_every=split_every, workspace=self.workspace
+        )
 
     def train_score(self, prepared: Any, coef: Any, train_pred: Any = None) -> tuple[float, int]:
         """The training score of a round: from ``train_pred`` (all rows) when the solve gave them,
@@ -196,7 +196,7 @@ class TrainingData:
         if is_dask_array(X):
             X = compute_dask(X)
         xp = get_namespace(X)
-        pred = BlockedKernelOperator(X, prepared).predict(xp.asarray(coef))
+        pred = kernel_operator(X, prepared).predict(xp.asarray(coef))
         pred = self.target_scaling.inverse(to_numpy(pred))
         return float(self.score(pred, rows)), self.n_rows if rows is None else len(rows)
 
