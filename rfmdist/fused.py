@@ -174,24 +174,26 @@ def _recompute_near(row: Any, limit: Any, x: Any, centers: Any, scale: float) ->
                 row[j] = scale * total
 
 
-@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, error_model="numpy", nogil=True, cache=True)
 def _laplace_values(row: Any) -> None:
     zero = row.dtype.type(0)
     for j in range(row.shape[0]):
         row[j] = exp_neg(-np.sqrt(max(row[j], zero)))
 
 
-@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, error_model="numpy", nogil=True, cache=True)
 def _laplace_weights(row: Any, bandwidth: Any, guard: Any) -> None:
     """``K / ||x - z||_M``, 0 within ``guard`` of the ``x = z`` singularity."""
     zero = row.dtype.type(0)
     for j in range(row.shape[0]):
         root = np.sqrt(max(row[j], zero))
         radius = root * bandwidth
-        row[j] = exp_neg(-root) / radius if radius >= guard else zero
+        # Computed for every entry, then selected: a division under a branch does not vectorize.
+        weight = exp_neg(-root) / max(radius, guard)
+        row[j] = weight if radius >= guard else zero
 
 
-@numba.njit(fastmath=_ELEMENTWISE_FLAGS, nogil=True, cache=True)
+@numba.njit(fastmath=_ELEMENTWISE_FLAGS, error_model="numpy", nogil=True, cache=True)
 def _gaussian_values(row: Any) -> None:
     zero = row.dtype.type(0)
     for j in range(row.shape[0]):
@@ -437,6 +439,57 @@ def _normal_pass(
         gemm(kernel, product, out, True, False, 1.0)
 
 
+@numba.njit(nogil=True, cache=True)
+def _gradient_pass(
+    rows_aug: Any,
+    limit: Any,
+    rows_t: Any,
+    centers_aug: Any,
+    centers_t: Any,
+    scale: float,
+    laplace: bool,
+    bandwidth: float,
+    guard: float,
+    tile_rows: int,
+    tile_cols: int,
+    weighted_centers: Any,
+    coef_t: Any,
+    center_terms: Any,
+    row_weights: Any,
+) -> None:
+    """Adds the two contractions of a block's gradients, tile by tile: ``W weighted_centers`` to
+    ``center_terms`` (b, c d) and ``W coef_t.T`` to ``row_weights`` (b, c), with ``W`` the gradient
+    weights (:meth:`PreparedKernel.gradient_weights`), never formed for the whole block. The
+    products run in the operands' dtype (the weights are cast on the tile when it differs)."""
+    b, m = rows_aug.shape[0], centers_aug.shape[0]
+    buffer = np.empty(tile_rows * tile_cols, dtype=rows_aug.dtype)
+    cast = np.empty(tile_rows * tile_cols, dtype=coef_t.dtype)
+    for i0 in range(0, b, tile_rows):
+        i1 = min(i0 + tile_rows, b)
+        for j0 in range(0, m, tile_cols):
+            j1 = min(j0 + tile_cols, m)
+            size = (i1 - i0) * (j1 - j0)
+            tile = buffer[:size].reshape((i1 - i0, j1 - j0))
+            _fill_tile(
+                tile,
+                0,
+                rows_aug[i0:i1],
+                limit[i0:i1],
+                rows_t[i0:i1],
+                centers_aug[j0:j1],
+                centers_t[j0:j1],
+                scale,
+                laplace,
+                True,
+                bandwidth,
+                guard,
+            )
+            weights = cast[:size].reshape((i1 - i0, j1 - j0))
+            weights[:] = tile
+            gemm(weights, weighted_centers[j0:j1], center_terms[i0:i1], False, False, 1.0)
+            _add_row_products(weights, coef_t, j0, row_weights[i0:i1])
+
+
 @functools.cache
 def _gpu_tail_kernel(laplace: bool, weights: bool) -> Any:
     """The CuPy elementwise kernel of the clamp, ``sqrt``, ``exp`` and (AGOP) the division."""
@@ -617,3 +670,40 @@ def normal_matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
     strip_rows = max(16, STRIP_TILES * rows * cols // prepared.n_centers)
     _normal_pass(*_operands(prepared, X), prepared.bandwidth, strip_rows, V, out)
     return out
+
+
+def gradient_terms(
+    prepared: PreparedKernel, Xt: Any, x_sq: Any, weighted_centers: Any, coef: Any
+) -> tuple[Any, Any]:
+    """``W weighted_centers`` and ``W coef`` of transformed rows, ``W`` their gradient weights, by
+    tiles (:func:`_gradient_pass`): the two GEMMs of :func:`rfmdist.agop.transformed_gradients`.
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+    Xt, x_sq : arrays, shapes (b, d) and (b,)
+    weighted_centers : array, shape (m, c * d)
+    coef : array, shape (m, c)
+        Both in the GEMMs' dtype.
+
+    Returns
+    -------
+    center_terms : array, shape (b, c * d)
+    row_weights : array, shape (b, c)
+    """
+    dtype = coef.dtype
+    center_terms = np.zeros((Xt.shape[0], weighted_centers.shape[1]), dtype=dtype)
+    row_weights = np.zeros((Xt.shape[0], coef.shape[1]), dtype=dtype)
+    rows, cols = tile_shape(prepared.n_centers, Xt.itemsize)
+    _gradient_pass(
+        *_kernel_operands(prepared, Xt, x_sq),
+        prepared.bandwidth,
+        LAPLACE_GRADIENT_GUARD,
+        rows,
+        cols,
+        np.ascontiguousarray(weighted_centers),
+        np.ascontiguousarray(coef.T),
+        center_terms,
+        row_weights,
+    )
+    return center_terms, row_weights

@@ -266,14 +266,26 @@ class BlockedKernelOperator:
             lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
         )
 
+    def _fused_cpu(self) -> bool:
+        """True for the fused backend on the CPU (:mod:`rfmdist.fused`)."""
+        return self.prepared.backend == "fused" and get_namespace(self.prepared.centers_t) is np
+
     def _tiled(self) -> bool:
-        """True when products run on cache-sized tiles and never form a kernel block
-        (:mod:`rfmdist.fused`): the fused backend on the CPU, with no kernel kept."""
-        return (
-            not self.cache
-            and self.prepared.backend == "fused"
-            and get_namespace(self.prepared.centers_t) is np
-        )
+        """True when products run on cache-sized tiles and never form a kernel block: the fused
+        backend on the CPU, with no kernel kept."""
+        return not self.cache and self._fused_cpu()
+
+    def _agop_rows(self, n_rows: int, n_outputs: int) -> int:
+        """Rows per block of an AGOP pass. The reference path's block holds a few (b x m)
+        temporaries, so a quarter of :attr:`block_rows`; the fused path's only its gradients
+        (b x c x d, a few copies), so as many rows as fit :data:`BLOCK_BYTES` with them (the
+        gradients' GEMMs run on many rows), but enough blocks for every thread."""
+        if not self._fused_cpu():
+            return max(16, self.block_rows // 4)
+        d = self.prepared.centers_t.shape[1]
+        by_memory = BLOCK_BYTES // (4 * 8 * max(1, n_outputs * d))
+        by_threads = -(-n_rows // self.workers)
+        return max(16, min(by_memory, by_threads))
 
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
@@ -401,8 +413,7 @@ class BlockedKernelOperator:
         array, shape (d, d) or (d,); float64
         """
         X = self.X if rows is None else self.X[rows]
-        # A block's gradient holds a few (b x m) temporaries and a (b x c x d) tensor.
-        step = max(16, self.block_rows // 4)
+        step = self._agop_rows(X.shape[0], coef.shape[1])
         total = None
         for outputs in output_groups(self.prepared, coef.shape[1]):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)

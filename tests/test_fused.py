@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rfmdist import fused
-from rfmdist.agop import agop_block_sum
+from rfmdist.agop import GradientOperand, agop_block_sum
 from rfmdist.datasets.uci121 import load_uci121
 from rfmdist.estimators import RFMClassifier
 from rfmdist.kernels import BACKEND_ENV_VAR, kernel_backend, prepare_kernel
@@ -122,6 +122,18 @@ def test_fused_block_operations_equal_the_reference(small_tiles, dtype, form, ke
         want = K.T @ KV
         magnitude = np.abs(K.T) @ (np.abs(K) @ np.abs(V))
         assert_product_close(fused.normal_matvec(fus, X, V), want, magnitude, dtype)
+        # The AGOP's two gradient GEMMs, in the kernel's dtype and in float32 (the fits' default).
+        W = ref.gradient_weights(Xt, x_sq)
+        for gemm_dtype in {dtype, np.float32}:
+            operand = GradientOperand.build(fus, V, gemm_dtype)
+            terms, row_weights = fused.gradient_terms(
+                fus, Xt, x_sq, operand.weighted_centers, operand.coef
+            )
+            Wg = W.astype(gemm_dtype)
+            for got, right in ((terms, operand.weighted_centers), (row_weights, operand.coef)):
+                assert got.dtype == gemm_dtype
+                want = Wg @ right
+                assert_product_close(got, want, np.abs(Wg) @ np.abs(right), gemm_dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
