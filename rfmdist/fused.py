@@ -621,7 +621,9 @@ def _run_tiles(
     return out
 
 
-def block(prepared: PreparedKernel, Xt: Any, x_sq: Any, *, weights: bool = False) -> Any:
+def block(
+    prepared: PreparedKernel, Xt: Any, x_sq: Any, *, weights: bool = False, out: Any = None
+) -> Any:
     """Kernel values ``K(X, Z)`` (or the AGOP's gradient weights) of transformed rows.
 
     Parameters
@@ -631,12 +633,15 @@ def block(prepared: PreparedKernel, Xt: Any, x_sq: Any, *, weights: bool = False
         :meth:`PreparedKernel.transform` of the rows.
     weights : bool, default False
         ``K / ||x - z||_M`` (Laplace; 0 at the ``x = z`` singularity) or ``K`` (Gaussian).
+    out : array, shape (b, m), optional
+        Where to write them (C-contiguous, the kernel's dtype): a block's rows of a whole kernel.
 
     Returns
     -------
     array, shape (b, m), the kernel's dtype
     """
-    out = np.empty((Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
+    if out is None:
+        out = np.empty((Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
     operands = _kernel_operands(prepared, Xt, x_sq)
     return _run_tiles(prepared, operands, BLOCK, out[:0], out, weights=weights)
 

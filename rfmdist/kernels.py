@@ -338,17 +338,30 @@ class PreparedKernel:
         weights[rows[singular], cols[singular]] = 0
         return weights
 
-    def block(self, X: Any) -> Any:
-        """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m), computed in place."""
+    def block(self, X: Any, out: Any = None) -> Any:
+        """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m).
+
+        ``out`` (shape (b, m), C-contiguous, the kernel's dtype), if given, receives them: the fused
+        CPU path writes its tiles straight there, the others copy their block.
+        """
         Xt, x_sq = self.transform(X)
+        if self.backend == "fused" and out is not None and get_namespace(Xt) is np:
+            from rfmdist import fused
+
+            return fused.block(self, Xt, x_sq, out=out)
         if self.backend == "fused":
-            return self._fused(Xt, x_sq, weights=False)
-        xp = get_namespace(X)
-        values = self._scaled_distances(Xt, x_sq)
-        if self.kernel == "laplace":
-            xp.sqrt(values, out=values)
-        xp.negative(values, out=values)
-        return xp.exp(values, out=values)
+            values = self._fused(Xt, x_sq, weights=False)
+        else:
+            xp = get_namespace(X)
+            values = self._scaled_distances(Xt, x_sq)
+            if self.kernel == "laplace":
+                xp.sqrt(values, out=values)
+            xp.negative(values, out=values)
+            xp.exp(values, out=values)
+        if out is None:
+            return values
+        out[...] = values
+        return out
 
 
 def prepare_kernel(

@@ -57,6 +57,9 @@ def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES
 # The tree reduction's fan-in for m x m partial sums (Gram passes): pairs, so that a worker holds few.
 GRAM_SPLIT_EVERY = 2
 
+# Most rows of a fused AGOP block (its tiles have 256; several blocks keep every thread busy).
+AGOP_FUSED_ROWS = 512
+
 # Bytes of the (m, c x d) weighted centers of an AGOP pass; more outputs go in several groups.
 AGOP_OPERAND_BYTES = 256 * 2**20
 
@@ -275,17 +278,18 @@ class BlockedKernelOperator:
         backend on the CPU, with no kernel kept."""
         return not self.cache and self._fused_cpu()
 
-    def _agop_rows(self, n_rows: int, n_outputs: int) -> int:
+    def _agop_rows(self, n_outputs: int) -> int:
         """Rows per block of an AGOP pass. The reference path's block holds a few (b x m)
         temporaries, so a quarter of :attr:`block_rows`; the fused path's only its gradients
-        (b x c x d, a few copies), so as many rows as fit :data:`BLOCK_BYTES` with them (the
-        gradients' GEMMs run on many rows), but enough blocks for every thread."""
+        (b x c x d, a few copies), so up to :data:`AGOP_FUSED_ROWS` rows as fit :data:`BLOCK_BYTES`
+        with them (the gradients' GEMMs run on many rows). Never a function of the threads: the
+        blocks' partial sums are added in their order, and a resumed fit on another machine must
+        add the same ones."""
         if not self._fused_cpu():
             return max(16, self.block_rows // 4)
         d = self.prepared.centers_t.shape[1]
         by_memory = BLOCK_BYTES // (4 * 8 * max(1, n_outputs * d))
-        by_threads = -(-n_rows // self.workers)
-        return max(16, min(by_memory, by_threads))
+        return max(16, min(by_memory, AGOP_FUSED_ROWS))
 
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
@@ -300,7 +304,7 @@ class BlockedKernelOperator:
         )
 
         def fill(rows: slice) -> None:
-            out[rows] = self.prepared.block(self.X[rows])
+            self.prepared.block(self.X[rows], out=out[rows])
 
         map_blocks(fill, self._slices(), self.workers)
         return out
@@ -413,7 +417,7 @@ class BlockedKernelOperator:
         array, shape (d, d) or (d,); float64
         """
         X = self.X if rows is None else self.X[rows]
-        step = self._agop_rows(X.shape[0], coef.shape[1])
+        step = self._agop_rows(coef.shape[1])
         total = None
         for outputs in output_groups(self.prepared, coef.shape[1]):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
