@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import canvas_digits, command_line, machine_line, table, write_section
+from common import command_line, machine_line, table, write_section
 
 logger = logging.getLogger("kernel_passes")
 
@@ -203,20 +203,12 @@ def measure_libraries(keops_python: str | None) -> dict[str, Any]:
 
 def measure_fits() -> list[dict[str, Any]]:
     """Default fits with each backend: AGOP seconds per round, fit seconds, test score."""
-    from vs_xrfm import load_task, run_rfmdist, split_rows
+    from vs_xrfm import load_task, run_rfmdist
 
-    X, y, digit = canvas_digits(copies=5, size=28, seed=0)
-    train, val, test = (np.isin(digit, part) for part in split_rows(int(digit.max()) + 1, 0))
-    canvas = dict(
-        X=X[train],
-        y=y[train],
-        X_val=X[val],
-        y_val=y[val],
-        X_test=X[test],
-        y_test=y[test],
-        task="classification",
-    )
-    tasks = {"planted 20000 x 50": load_task("planted", 0), "canvas 28x28 (d = 784)": canvas}
+    tasks = {
+        "planted 20000 x 50": load_task("planted", 0),
+        "canvas 28x28 (d = 784)": load_task("canvas28", 0),
+    }
     results = []
     for name, data in tasks.items():
         for backend in BACKENDS:

@@ -118,8 +118,8 @@ def load_task(name: str, seed: int) -> dict[str, Any]:
             task="regression",
             tabular=True,
         )
-    if name == "canvas":
-        X, y, digit = canvas_digits(copies=5, size=14, seed=seed)
+    if name in ("canvas", "canvas28"):  # digits on a 14 x 14 (d = 196) or 28 x 28 (d = 784) canvas
+        X, y, digit = canvas_digits(copies=5, size=28 if name == "canvas28" else 14, seed=seed)
         train, val, test = (np.isin(digit, part) for part in split_rows(int(digit.max()) + 1, seed))
         return dict(
             X=X[train],

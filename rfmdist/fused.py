@@ -56,8 +56,8 @@ _LN2_HI_32, _LN2_LO_32 = np.float32(0.693145751953125), np.float32(1.42860676533
 # normal exponent, and the argument below which exp is subnormal (flushed to 0).
 _LOG2E_32, _HALF_32, _ONE_32, _ZERO_32 = (np.float32(v) for v in (_LOG2E, 0.5, 1.0, 0.0))
 _K_MIN_32, _CUT_32 = np.float32(-126.0), np.float32(-87.0)
-# e**r on |r| <= ln2 / 2 to a relative 1.3e-17: the degree-11 interpolant at Chebyshev nodes
-# (coefficients of r**11 down to r**2; those of r and 1 are 1).
+# e**r on |r| <= ln2 / 2, highest power first. float64: to a relative 1.3e-17, the degree-11
+# interpolant at Chebyshev nodes; float32: Taylor to r**7 (5.6e-9).
 _EXP64_POLYNOMIAL = (
     2.5112773160490253e-08,
     2.763266884405684e-07,
@@ -69,8 +69,10 @@ _EXP64_POLYNOMIAL = (
     0.04166666666648709,
     0.16666666666666705,
     0.5000000000000019,
+    1.0,
+    1.0,
 )
-_F32_TAYLOR = tuple(np.float32(1.0 / np.prod(np.arange(1, k + 1))) for k in range(7, 1, -1))
+_EXP32_POLYNOMIAL = tuple(np.float32(1.0 / np.prod(np.arange(1, k + 1))) for k in range(7, -1, -1))
 
 
 @intrinsic
@@ -87,42 +89,32 @@ def _pow2(typingctx: Any, k: Any) -> Any:
     return k(k), codegen
 
 
+@numba.njit(inline="always")
+def _horner(r: Any, coefficients: Any) -> Any:
+    """``sum_k coefficients[k] r**(n - k)`` by Horner's rule (unrolled: the tuple's length is known
+    when compiling)."""
+    p = coefficients[0]
+    for c in coefficients[1:]:
+        p = p * r + c
+    return p
+
+
 @numba.njit(fastmath=_ELEMENTWISE_FLAGS, cache=True)
 def _exp_neg64(x: float) -> float:
     """``exp(x)`` for ``x <= 0`` in float64: ``2**k e**r`` with ``|r| <= ln2 / 2`` and ``e**r`` by
-    :data:`_EXP64_POLYNOMIAL` (Horner)."""
+    :data:`_EXP64_POLYNOMIAL`."""
     k = max(np.floor(x * _LOG2E + 0.5), -1022.0)
     r = (x - k * _LN2_HI_64) - k * _LN2_LO_64
-    c11, c10, c9, c8, c7, c6, c5, c4, c3, c2 = _EXP64_POLYNOMIAL
-    p = c11
-    p = p * r + c10
-    p = p * r + c9
-    p = p * r + c8
-    p = p * r + c7
-    p = p * r + c6
-    p = p * r + c5
-    p = p * r + c4
-    p = p * r + c3
-    p = p * r + c2
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _horner(r, _EXP64_POLYNOMIAL)
     return p * _pow2(k) if x > -708.0 else 0.0
 
 
 @numba.njit(fastmath=_ELEMENTWISE_FLAGS, cache=True)
 def _exp_neg32(x: np.float32) -> np.float32:
     """``exp(x)`` for ``x <= 0`` in float32 (every constant float32, so that the loop keeps 16 lanes)."""
-    c7, c6, c5, c4, c3, c2 = _F32_TAYLOR
     k = max(np.floor(x * _LOG2E_32 + _HALF_32), _K_MIN_32)
     r = (x - k * _LN2_HI_32) - k * _LN2_LO_32
-    p = c7
-    p = p * r + c6
-    p = p * r + c5
-    p = p * r + c4
-    p = p * r + c3
-    p = p * r + c2
-    p = p * r + _ONE_32
-    p = p * r + _ONE_32
+    p = _horner(r, _EXP32_POLYNOMIAL)
     return p * _pow2(k) if x > _CUT_32 else _ZERO_32
 
 
@@ -284,27 +276,33 @@ FEW_COLUMNS = 8
 TILE_ROWS = 256
 # A strip of K^T (K V) (all centers, so that both products use it) is this many tiles' bytes.
 STRIP_TILES = 4
+# Up to this many gradient columns (outputs x features) a weights tile's products follow the tile.
+GRADIENT_TILE_COLUMNS = 256
+# Bytes of a strip of gradient weights (rows x all centers) beyond that.
+GRADIENT_STRIP_BYTES = 16 * 2**20
 
 
 @numba.njit(nogil=True, cache=True)
 def _fill_tile(
-    tile: Any,
-    start: int,
-    rows_aug: Any,
-    limit: Any,
-    rows_t: Any,
-    centers_aug: Any,
-    centers_t: Any,
-    scale: float,
-    laplace: bool,
-    weights: bool,
-    bandwidth: float,
-    guard: float,
+    tile: Any, start: int, ops: Any, i0: int, i1: int, j0: int, j1: int, weights: bool
 ) -> None:
-    """The kernel (or weights) of a tile of rows against a tile of centers, into the columns
-    ``start:start + len(centers_aug)`` of ``tile``."""
-    gemm(rows_aug, centers_aug, tile[:, start : start + centers_aug.shape[0]], False, True, 0.0)
-    _cpu_tail(tile, start, limit, rows_t, centers_t, scale, laplace, weights, bandwidth, guard)
+    """The kernel (or weights) of rows ``i0:i1`` against centers ``j0:j1`` into the columns
+    ``start:start + j1 - j0`` of ``tile``; ``ops`` is :func:`_kernel_operands`'s tuple."""
+    rows_aug, limit, rows_t, centers_aug, centers_t, scale, laplace, bandwidth, guard = ops
+    target = tile[:, start : start + j1 - j0]
+    gemm(rows_aug[i0:i1], centers_aug[j0:j1], target, False, True, 0.0)
+    _cpu_tail(
+        tile,
+        start,
+        limit[i0:i1],
+        rows_t[i0:i1],
+        centers_t[j0:j1],
+        scale,
+        laplace,
+        weights,
+        bandwidth,
+        guard,
+    )
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
@@ -341,16 +339,8 @@ def _add_column_products(tile: Any, operand: Any, out_t: Any, start: int) -> Non
 @numba.njit(nogil=True, cache=True)
 def _tile_pass(
     mode: int,
-    rows_aug: Any,
-    limit: Any,
-    rows_t: Any,
-    centers_aug: Any,
-    centers_t: Any,
-    scale: float,
-    laplace: bool,
+    ops: Any,
     weights: bool,
-    bandwidth: float,
-    guard: float,
     tile_rows: int,
     tile_cols: int,
     operand: Any,
@@ -360,7 +350,7 @@ def _tile_pass(
     ``K operand`` (operand (m, c)) to ``out`` (b, c); ``RMATVEC`` adds ``K^T operand`` (operand
     (b, c)) to ``out`` (m, c). With at most :data:`FEW_COLUMNS` columns the products are loops over the
     tile (``operand`` of MATVEC and ``out`` of RMATVEC then transposed: (c, m)), else BLAS."""
-    b, m = rows_aug.shape[0], centers_aug.shape[0]
+    b, m = ops[0].shape[0], ops[3].shape[0]
     few = mode != BLOCK and operand.shape[0 if mode == MATVEC else 1] <= FEW_COLUMNS
     buffer = np.empty(tile_rows * tile_cols, dtype=out.dtype)
     for i0 in range(0, b, tile_rows):
@@ -372,20 +362,7 @@ def _tile_pass(
                 tile, start = out[i0:i1], j0
             else:
                 tile, start = buffer[: (i1 - i0) * (j1 - j0)].reshape((i1 - i0, j1 - j0)), 0
-            _fill_tile(
-                tile,
-                start,
-                rows_aug[i0:i1],
-                limit[i0:i1],
-                rows_t[i0:i1],
-                centers_aug[j0:j1],
-                centers_t[j0:j1],
-                scale,
-                laplace,
-                weights,
-                bandwidth,
-                guard,
-            )
+            _fill_tile(tile, start, ops, i0, i1, j0, j1, weights)
             if mode == BLOCK:
                 continue
             if mode == MATVEC and few:
@@ -399,41 +376,16 @@ def _tile_pass(
 
 
 @numba.njit(nogil=True, cache=True)
-def _normal_pass(
-    rows_aug: Any,
-    limit: Any,
-    rows_t: Any,
-    centers_aug: Any,
-    centers_t: Any,
-    scale: float,
-    laplace: bool,
-    bandwidth: float,
-    strip_rows: int,
-    V: Any,
-    out: Any,
-) -> None:
+def _normal_pass(ops: Any, strip_rows: int, V: Any, out: Any) -> None:
     """Adds ``K^T (K V)`` of a block to ``out`` (m, c): per strip of rows (all centers), the strip's
     kernel once, then both products from it while it is in cache."""
-    b, m = rows_aug.shape[0], centers_aug.shape[0]
+    b, m = ops[0].shape[0], ops[3].shape[0]
     strip = np.empty(strip_rows * m, dtype=out.dtype)
     products = np.empty(strip_rows * V.shape[1], dtype=out.dtype)
     for i0 in range(0, b, strip_rows):
         i1 = min(i0 + strip_rows, b)
         kernel = strip[: (i1 - i0) * m].reshape((i1 - i0, m))
-        _fill_tile(
-            kernel,
-            0,
-            rows_aug[i0:i1],
-            limit[i0:i1],
-            rows_t[i0:i1],
-            centers_aug,
-            centers_t,
-            scale,
-            laplace,
-            False,
-            bandwidth,
-            0.0,
-        )
+        _fill_tile(kernel, 0, ops, i0, i1, 0, m, False)
         product = products[: (i1 - i0) * V.shape[1]].reshape((i1 - i0, V.shape[1]))
         gemm(kernel, V, product, False, False, 0.0)
         gemm(kernel, product, out, True, False, 1.0)
@@ -441,15 +393,7 @@ def _normal_pass(
 
 @numba.njit(nogil=True, cache=True)
 def _gradient_pass(
-    rows_aug: Any,
-    limit: Any,
-    rows_t: Any,
-    centers_aug: Any,
-    centers_t: Any,
-    scale: float,
-    laplace: bool,
-    bandwidth: float,
-    guard: float,
+    ops: Any,
     tile_rows: int,
     tile_cols: int,
     weighted_centers: Any,
@@ -457,37 +401,38 @@ def _gradient_pass(
     center_terms: Any,
     row_weights: Any,
 ) -> None:
-    """Adds the two contractions of a block's gradients, tile by tile: ``W weighted_centers`` to
-    ``center_terms`` (b, c d) and ``W coef_t.T`` to ``row_weights`` (b, c), with ``W`` the gradient
-    weights (:meth:`PreparedKernel.gradient_weights`), never formed for the whole block. The
-    products run in the operands' dtype (the weights are cast on the tile when it differs)."""
-    b, m = rows_aug.shape[0], centers_aug.shape[0]
-    buffer = np.empty(tile_rows * tile_cols, dtype=rows_aug.dtype)
-    cast = np.empty(tile_rows * tile_cols, dtype=coef_t.dtype)
+    """Adds the two contractions of a block's gradients: ``W weighted_centers`` to ``center_terms``
+    (b, c d) and ``W coef_t.T`` to ``row_weights`` (b, c), ``W`` the gradient weights
+    (:meth:`PreparedKernel.gradient_weights`), never formed for the whole block. The weights are
+    made tile by tile; with few gradient columns (c d <= :data:`GRADIENT_TILE_COLUMNS`) each tile's
+    products follow it (their output stays in cache), with more the tiles fill a strip of rows across
+    all centers whose products are one GEMM each (an output of c d columns added tile after tile
+    would go through memory every time). The products run in the operands' dtype."""
+    b, m = ops[0].shape[0], ops[3].shape[0]
+    per_tile = weighted_centers.shape[1] <= GRADIENT_TILE_COLUMNS
+    width = tile_cols if per_tile else m
+    buffer = np.empty(tile_rows * width, dtype=ops[0].dtype)
+    cast = np.empty(tile_rows * width, dtype=coef_t.dtype)
     for i0 in range(0, b, tile_rows):
         i1 = min(i0 + tile_rows, b)
+        strip = buffer[: (i1 - i0) * width].reshape((i1 - i0, width))  # per_tile: unused
         for j0 in range(0, m, tile_cols):
             j1 = min(j0 + tile_cols, m)
+            if not per_tile:
+                _fill_tile(strip, j0, ops, i0, i1, j0, j1, True)
+                continue
             size = (i1 - i0) * (j1 - j0)
             tile = buffer[:size].reshape((i1 - i0, j1 - j0))
-            _fill_tile(
-                tile,
-                0,
-                rows_aug[i0:i1],
-                limit[i0:i1],
-                rows_t[i0:i1],
-                centers_aug[j0:j1],
-                centers_t[j0:j1],
-                scale,
-                laplace,
-                True,
-                bandwidth,
-                guard,
-            )
+            _fill_tile(tile, 0, ops, i0, i1, j0, j1, True)
             weights = cast[:size].reshape((i1 - i0, j1 - j0))
             weights[:] = tile
             gemm(weights, weighted_centers[j0:j1], center_terms[i0:i1], False, False, 1.0)
             _add_row_products(weights, coef_t, j0, row_weights[i0:i1])
+        if not per_tile:
+            weights = cast[: (i1 - i0) * m].reshape((i1 - i0, m))
+            weights[:] = strip
+            gemm(weights, weighted_centers, center_terms[i0:i1], False, False, 1.0)
+            _add_row_products(weights, coef_t, 0, row_weights[i0:i1])
 
 
 @functools.cache
@@ -579,6 +524,8 @@ def _kernel_operands(prepared: PreparedKernel, Xt: Any, x_sq: Any) -> tuple[Any,
         prepared.centers_t,
         scale,
         prepared.kernel == "laplace",
+        prepared.bandwidth,
+        LAPLACE_GRADIENT_GUARD,
     )
 
 
@@ -607,17 +554,7 @@ def _run_tiles(
     weights: bool = False,
 ) -> Any:
     rows, cols = tile_shape(prepared.n_centers, out.itemsize)
-    _tile_pass(
-        mode,
-        *operands,
-        weights,
-        prepared.bandwidth,
-        LAPLACE_GRADIENT_GUARD,
-        rows,
-        cols,
-        operand,
-        out,
-    )
+    _tile_pass(mode, operands, weights, rows, cols, operand, out)
     return out
 
 
@@ -673,7 +610,7 @@ def normal_matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
     out = np.zeros((prepared.n_centers, V.shape[1]), dtype=V.dtype)
     rows, cols = tile_shape(prepared.n_centers, V.itemsize)
     strip_rows = max(16, STRIP_TILES * rows * cols // prepared.n_centers)
-    _normal_pass(*_operands(prepared, X), prepared.bandwidth, strip_rows, V, out)
+    _normal_pass(_operands(prepared, X), strip_rows, V, out)
     return out
 
 
@@ -700,10 +637,11 @@ def gradient_terms(
     center_terms = np.zeros((Xt.shape[0], weighted_centers.shape[1]), dtype=dtype)
     row_weights = np.zeros((Xt.shape[0], coef.shape[1]), dtype=dtype)
     rows, cols = tile_shape(prepared.n_centers, Xt.itemsize)
+    if weighted_centers.shape[1] > GRADIENT_TILE_COLUMNS:  # strips of rows across all centers
+        by_bytes = GRADIENT_STRIP_BYTES // (prepared.n_centers * Xt.itemsize)
+        rows = max(16, min(TILE_ROWS, by_bytes))
     _gradient_pass(
-        *_kernel_operands(prepared, Xt, x_sq),
-        prepared.bandwidth,
-        LAPLACE_GRADIENT_GUARD,
+        _kernel_operands(prepared, Xt, x_sq),
         rows,
         cols,
         np.ascontiguousarray(weighted_centers),

@@ -64,10 +64,12 @@ AGOP_FUSED_ROWS = 512
 AGOP_OPERAND_BYTES = 256 * 2**20
 
 
-def output_groups(prepared: PreparedKernel, n_outputs: int) -> list[slice]:
-    """Slices of the outputs whose AGOP operand (``m x c' x d``) fits :data:`AGOP_OPERAND_BYTES`."""
+def output_groups(prepared: PreparedKernel, n_outputs: int, dtype: Any = None) -> list[slice]:
+    """Slices of the outputs whose AGOP operand (``m x c' x d`` in ``dtype``, the kernel's by
+    default) fits :data:`AGOP_OPERAND_BYTES`. Every group computes the kernel's weights again."""
     m, d = prepared.centers_t.shape
-    per_output = max(1, m * d * np.dtype(prepared.centers_t.dtype).itemsize)
+    itemsize = np.dtype(prepared.centers_t.dtype if dtype is None else dtype).itemsize
+    per_output = max(1, m * d * itemsize)
     size = max(1, min(n_outputs, AGOP_OPERAND_BYTES // per_output))
     return [slice(start, min(start + size, n_outputs)) for start in range(0, n_outputs, size)]
 
@@ -419,7 +421,7 @@ class BlockedKernelOperator:
         X = self.X if rows is None else self.X[rows]
         step = self._agop_rows(coef.shape[1])
         total = None
-        for outputs in output_groups(self.prepared, coef.shape[1]):
+        for outputs in output_groups(self.prepared, coef.shape[1], gemm_dtype):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
             parts = map_blocks(
                 lambda start, operand=operand, outputs=outputs: kernel_agop_sum(
