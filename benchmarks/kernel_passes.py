@@ -17,8 +17,8 @@ One command, four tables::
   GEMM outputs, on one thread) by NumPy (the reference path), numexpr (if installed) and Numba
   (rfmdist.fused); and, with ``--keops-python``, pyKeOps's whole fused pass on the CPU.
 - **fits**: ``RFMRegressor()`` / ``RFMClassifier()`` as shipped on the planted task (20,000 x 50) and
-  on digits on a 28 x 28 canvas (d = 784), with each backend: AGOP seconds per round, fit seconds and
-  test score.
+  on digits on a 28 x 28 canvas (d = 784), with each backend twice (reference, fused, fused,
+  reference): AGOP seconds per round, fit seconds and test score of the faster run.
 - **uci**: ``RFMClassifier()`` defaults on fold 0 of every UCI-121 set with at most ``--uci-max-n``
   rows, each backend: mean test accuracy and the sets whose accuracy differs.
 """
@@ -211,7 +211,8 @@ def measure_fits() -> list[dict[str, Any]]:
     }
     results = []
     for name, data in tasks.items():
-        for backend in BACKENDS:
+        # Both orders (reference, fused, fused, reference): a later run is slower on this machine.
+        for backend in (*BACKENDS, *reversed(BACKENDS)):
             with kernel_backend(backend):
                 fit = run_rfmdist(data, random_state=0)
             fit.update(task=name, backend=backend, n_train=len(data["y"]), d=data["X"].shape[1])
@@ -297,6 +298,11 @@ def report(results: dict[str, Any]) -> str:
                 "d = 20: " + ", ".join(f"{k} {v / 1e9:.3f} G entries/s" for k, v in keops.items())
             )
     if "fits" in results:
+        fastest: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in results["fits"]:
+            key = (r["task"], r["backend"])
+            if key not in fastest or r["seconds"] < fastest[key]["seconds"]:
+                fastest[key] = r
         rows = [
             [
                 r["task"],
@@ -307,10 +313,11 @@ def report(results: dict[str, Any]) -> str:
                 f"{r['test_score']:.5g}",
                 f"{r['best_round']}/{r['rounds']}",
             ]
-            for r in results["fits"]
+            for r in fastest.values()
         ]
         out.append(
-            "\nFits: the estimators' defaults (random_state=0), validation rows as eval_set.\n"
+            "\nFits: the estimators' defaults (random_state=0), validation rows as eval_set; each "
+            "backend twice (order reference, fused, fused, reference), the faster run shown.\n"
         )
         header = ["task", "backend", "fit s", "AGOP s / round", "AGOP s by round", "test", "best"]
         out.append(table(header, rows))

@@ -57,8 +57,10 @@ def rows_per_block(n_centers: int, itemsize: int, block_bytes: int = BLOCK_BYTES
 # The tree reduction's fan-in for m x m partial sums (Gram passes): pairs, so that a worker holds few.
 GRAM_SPLIT_EVERY = 2
 
-# Most rows of a fused AGOP block (its tiles have 256; several blocks keep every thread busy).
+# Most rows of a fused AGOP block (its tiles have 256; several blocks keep every thread busy), and
+# the bytes its gradients may take (four b x c x d copies in float64; an eighth of the operand's).
 AGOP_FUSED_ROWS = 512
+AGOP_GRADIENT_BYTES = 32 * 2**20
 
 # Bytes of the (m, c x d) weighted centers of an AGOP pass; more outputs go in several groups.
 AGOP_OPERAND_BYTES = 256 * 2**20
@@ -283,14 +285,15 @@ class BlockedKernelOperator:
     def _agop_rows(self, n_outputs: int) -> int:
         """Rows per block of an AGOP pass. The reference path's block holds a few (b x m)
         temporaries, so a quarter of :attr:`block_rows`; the fused path's only its gradients
-        (b x c x d, a few copies), so up to :data:`AGOP_FUSED_ROWS` rows as fit :data:`BLOCK_BYTES`
-        with them (the gradients' GEMMs run on many rows). Never a function of the threads: the
+        (b x c x d, a few copies), so up to :data:`AGOP_FUSED_ROWS` rows as fit
+        :data:`AGOP_GRADIENT_BYTES` with them (the gradients' GEMMs stream the m x c d weighted
+        centers once per block: the more rows, the less memory traffic). Never a function of the threads: the
         blocks' partial sums are added in their order, and a resumed fit on another machine must
         add the same ones."""
         if not self._fused_cpu():
             return max(16, self.block_rows // 4)
         d = self.prepared.centers_t.shape[1]
-        by_memory = BLOCK_BYTES // (4 * 8 * max(1, n_outputs * d))
+        by_memory = AGOP_GRADIENT_BYTES // (4 * 8 * max(1, n_outputs * d))
         return max(16, min(by_memory, AGOP_FUSED_ROWS))
 
     def dense(self) -> Any:
