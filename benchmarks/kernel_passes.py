@@ -4,8 +4,8 @@ One command, four tables::
 
     python benchmarks/kernel_passes.py [--rows 1000000] [--repeats 2] [--parts passes,libraries,fits,uci]
         [--keops-python /path/to/python-with-pykeops] [--json benchmarks/out/kernel_passes.json]
-        [--results-md benchmarks/RESULTS.md]
-    python benchmarks/kernel_passes.py --from-json benchmarks/out/kernel_passes.json
+        [--results-md benchmarks/RESULTS.md] [--note TEXT]
+    python benchmarks/kernel_passes.py --from-json benchmarks/out/kernel_passes.json [--results-md ...]
 
 - **passes**: one kernel pass ``K(X, Z) v`` (the PCG iteration and predict pass) over ``--rows`` rows
   by :class:`~rfmdist.operators.BlockedKernelOperator` with its defaults (all cores), Laplace kernel,
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--from-json", default=None, help="print the tables of a --json file")
     parser.add_argument("--results-md", default=None, help="regenerate this RESULTS.md section")
+    parser.add_argument("--note", default="", help="a paragraph printed under the tables")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.from_json:
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
             results["uci"] = measure_uci(args.uci_max_n)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
-    text = report(results)
+    text = report(results) + (f"\n\n{args.note}" if args.note else "")
     print(text)
     write_section(
         args.results_md,

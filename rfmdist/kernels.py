@@ -16,6 +16,11 @@ turned into entry errors of order sqrt(eps) and numerically indefinite kernels (
 -2e-6 in float64 for clusters of near-duplicate rows).
 
 Every function takes NumPy or CuPy arrays and returns arrays of the same namespace.
+
+What follows the distance GEMM (near pairs, clamp, ``sqrt``, ``exp``) runs by one of two backends
+(:func:`kernel_backend`, ``RFMDIST_KERNEL_BACKEND``): ``'fused'``, the default, in one compiled pass on
+cache-sized tiles (:mod:`rfmdist.fused`), or ``'reference'``, this module's NumPy/CuPy array
+operations, kept so that tests compare the two and benchmarks time them side by side.
 """
 
 from __future__ import annotations

@@ -283,13 +283,14 @@ class BlockedKernelOperator:
         return not self.cache and self._fused_cpu()
 
     def _agop_rows(self, n_outputs: int) -> int:
-        """Rows per block of an AGOP pass. The reference path's block holds a few (b x m)
-        temporaries, so a quarter of :attr:`block_rows`; the fused path's only its gradients
-        (b x c x d, a few copies), so up to :data:`AGOP_FUSED_ROWS` rows as fit
-        :data:`AGOP_GRADIENT_BYTES` with them (the gradients' GEMMs stream the m x c d weighted
-        centers once per block: the more rows, the less memory traffic). Never a function of the threads: the
-        blocks' partial sums are added in their order, and a resumed fit on another machine must
-        add the same ones."""
+        """Rows per block of an AGOP pass.
+
+        The reference path's block holds a few (b x m) temporaries, so a quarter of
+        :attr:`block_rows`; the fused path's only its gradients (b x c x d, a few copies), so up to
+        :data:`AGOP_FUSED_ROWS` rows as fit :data:`AGOP_GRADIENT_BYTES` with them (the gradients'
+        GEMMs stream the m x c d weighted centers once per block: the more rows, the less memory
+        traffic). Never a function of the threads: the blocks' partial sums are added in their
+        order, and a resumed fit with other threads must add the same ones."""
         if not self._fused_cpu():
             return max(16, self.block_rows // 4)
         d = self.prepared.centers_t.shape[1]
