@@ -346,11 +346,17 @@ class PreparedKernel:
     def block(self, X: Any, out: Any = None) -> Any:
         """Kernel values ``K(X, Z)``; X shape (b, d), result shape (b, m).
 
-        ``out`` (shape (b, m), C-contiguous, the kernel's dtype), if given, receives them: the fused
-        CPU path writes its tiles straight there, the others copy their block.
+        ``out`` (shape (b, m)), if given, receives them: the fused CPU path writes its tiles straight
+        into a C-contiguous one of the kernel's dtype, the others copy their block into it.
         """
         Xt, x_sq = self.transform(X)
-        if self.backend == "fused" and out is not None and get_namespace(Xt) is np:
+        direct = (
+            out is not None
+            and get_namespace(Xt) is np
+            and out.flags.c_contiguous
+            and out.dtype == self.centers_t.dtype
+        )
+        if self.backend == "fused" and direct:
             from rfmdist import fused
 
             return fused.block(self, Xt, x_sq, out=out)

@@ -104,6 +104,10 @@ def test_fused_block_operations_equal_the_reference(small_tiles, dtype, form, ke
     fus = prepare_kernel(Z, M, kernel=kernel, bandwidth=1.3, backend="fused")
     K = ref.block(X)
     assert_entries_close(fus.block(X), K, dtype)
+    # Written into a given array: straight into a C-contiguous one, copied into any other.
+    for out in (np.empty_like(K), np.empty((n_rows, N_CENTERS + 3), dtype)[:, 1:-2]):
+        assert fus.block(X, out=out) is out
+        assert_entries_close(out, K, dtype)
     Xt, x_sq = ref.transform(X)
     assert_entries_close(fus.gradient_weights(Xt, x_sq), ref.gradient_weights(Xt, x_sq), dtype)
     if n_rows >= 20:  # the coincident pairs: exactly 1, and no gradient weight (x = z)
