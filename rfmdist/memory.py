@@ -15,7 +15,8 @@ when the machine is busy gets less), with environment variables as overrides:
 
 ``RFMDIST_KERNEL_CACHE_BYTES`` caps the bytes of a cached ``n x m`` kernel wherever it is kept.
 
-Kernel blocks: 8 MiB per thread of a CPU pass (they stay near the caches; far below any budget),
+Kernel blocks: 8 MiB per thread of a CPU pass (they stay near the caches; far below any budget;
+the fused passes compute each block in tiles of half a core's L2 cache, :func:`tile_bytes`),
 and on a GPU 1/16 of its budget (at most 1 GiB): the gradient of a block holds up to
 :data:`BLOCK_TEMPORARIES` block-sized temporaries, and the rest covers the solver's small state. A
 cached kernel on a GPU may use what is left after :data:`BLOCK_TEMPORARIES` blocks.
