@@ -117,7 +117,8 @@ def test_fused_block_operations_equal_the_reference(small_tiles, dtype, form, ke
             weights = fus.gradient_weights(Xt[:20], x_sq[:20])[np.arange(20), np.arange(20)]
             np.testing.assert_array_equal(weights, 0.0)
     gen = np.random.default_rng(5)
-    for columns in (1, 3, fused.FEW_COLUMNS + 4):  # loops and BLAS
+    # Loops and BLAS for the products; gradient weights per tile (c d <= 256) and per strip (60 x 5).
+    for columns in (1, 3, fused.FEW_COLUMNS + 4, 60):
         V = gen.normal(size=(N_CENTERS, columns)).astype(dtype)
         U = gen.normal(size=(n_rows, columns)).astype(dtype)
         KV = K @ V
