@@ -213,8 +213,7 @@ def _cpu_tail(
     stop = start + centers_t.shape[0]
     for i in range(dist.shape[0]):
         row = dist[i, start:stop]
-        if _has_near(row, limit[i]):
-            _recompute_near(row, limit[i], rows_t[i], centers_t, scale_t)
+        _recompute_near(row, limit[i], rows_t[i], centers_t, scale_t)
         if not laplace:
             _gaussian_values(row)
         elif weights:
@@ -396,6 +395,7 @@ def _gradient_pass(
     ops: Any,
     tile_rows: int,
     tile_cols: int,
+    panel_cols: int,
     weighted_centers: Any,
     coef_t: Any,
     center_terms: Any,
@@ -404,35 +404,24 @@ def _gradient_pass(
     """Adds the two contractions of a block's gradients: ``W weighted_centers`` to ``center_terms``
     (b, c d) and ``W coef_t.T`` to ``row_weights`` (b, c), ``W`` the gradient weights
     (:meth:`PreparedKernel.gradient_weights`), never formed for the whole block. The weights are
-    made tile by tile; with few gradient columns (c d <= :data:`GRADIENT_TILE_COLUMNS`) each tile's
-    products follow it (their output stays in cache), with more the tiles fill a strip of rows across
-    all centers whose products are one GEMM each (an output of c d columns added tile after tile
-    would go through memory every time). The products run in the operands' dtype."""
+    made tile by tile into panels of ``panel_cols`` centers, and each panel's products are one GEMM
+    and one loop (see :func:`gradient_terms` for the panels' width). The products run in the
+    operands' dtype."""
     b, m = ops[0].shape[0], ops[3].shape[0]
-    per_tile = weighted_centers.shape[1] <= GRADIENT_TILE_COLUMNS
-    width = tile_cols if per_tile else m
-    buffer = np.empty(tile_rows * width, dtype=ops[0].dtype)
-    cast = np.empty(tile_rows * width, dtype=coef_t.dtype)
+    buffer = np.empty(tile_rows * panel_cols, dtype=ops[0].dtype)
+    cast = np.empty(tile_rows * panel_cols, dtype=coef_t.dtype)
     for i0 in range(0, b, tile_rows):
         i1 = min(i0 + tile_rows, b)
-        strip = buffer[: (i1 - i0) * width].reshape((i1 - i0, width))  # per_tile: unused
-        for j0 in range(0, m, tile_cols):
-            j1 = min(j0 + tile_cols, m)
-            if not per_tile:
-                _fill_tile(strip, j0, ops, i0, i1, j0, j1, True)
-                continue
-            size = (i1 - i0) * (j1 - j0)
-            tile = buffer[:size].reshape((i1 - i0, j1 - j0))
-            _fill_tile(tile, 0, ops, i0, i1, j0, j1, True)
-            weights = cast[:size].reshape((i1 - i0, j1 - j0))
-            weights[:] = tile
-            gemm(weights, weighted_centers[j0:j1], center_terms[i0:i1], False, False, 1.0)
-            _add_row_products(weights, coef_t, j0, row_weights[i0:i1])
-        if not per_tile:
-            weights = cast[: (i1 - i0) * m].reshape((i1 - i0, m))
-            weights[:] = strip
-            gemm(weights, weighted_centers, center_terms[i0:i1], False, False, 1.0)
-            _add_row_products(weights, coef_t, 0, row_weights[i0:i1])
+        for p0 in range(0, m, panel_cols):
+            p1 = min(p0 + panel_cols, m)
+            size = (i1 - i0) * (p1 - p0)
+            panel = buffer[:size].reshape((i1 - i0, p1 - p0))
+            for j0 in range(p0, p1, tile_cols):
+                _fill_tile(panel, j0 - p0, ops, i0, i1, j0, min(j0 + tile_cols, p1), True)
+            weights = cast[:size].reshape((i1 - i0, p1 - p0))
+            weights[:] = panel
+            gemm(weights, weighted_centers[p0:p1], center_terms[i0:i1], False, False, 1.0)
+            _add_row_products(weights, coef_t, p0, row_weights[i0:i1])
 
 
 @functools.cache
@@ -636,14 +625,19 @@ def gradient_terms(
     dtype = coef.dtype
     center_terms = np.zeros((Xt.shape[0], weighted_centers.shape[1]), dtype=dtype)
     row_weights = np.zeros((Xt.shape[0], coef.shape[1]), dtype=dtype)
+    # A panel is one tile while the products' output (rows x c d) stays in cache with it; with more
+    # gradient columns it spans all centers (a strip of rows), so that the output of c d columns is
+    # written once per strip, not once per tile.
     rows, cols = tile_shape(prepared.n_centers, Xt.itemsize)
-    if weighted_centers.shape[1] > GRADIENT_TILE_COLUMNS:  # strips of rows across all centers
+    panel = cols
+    if weighted_centers.shape[1] > GRADIENT_TILE_COLUMNS:
         by_bytes = GRADIENT_STRIP_BYTES // (prepared.n_centers * Xt.itemsize)
-        rows = max(16, min(TILE_ROWS, by_bytes))
+        rows, panel = max(16, min(TILE_ROWS, by_bytes)), prepared.n_centers
     _gradient_pass(
         _kernel_operands(prepared, Xt, x_sq),
         rows,
         cols,
+        panel,
         np.ascontiguousarray(weighted_centers),
         np.ascontiguousarray(coef.T),
         center_terms,
