@@ -281,13 +281,17 @@ class PreparedKernel:
         Xt = apply_metric_root(X.astype(self.centers_t.dtype, copy=False), self.S)
         return Xt, (Xt * Xt).sum(axis=1)
 
-    def _fused(self, Xt: Any, x_sq: Any, *, weights: bool) -> Any:
+    def _fused(self, Xt: Any, x_sq: Any, *, weights: bool, out: Any = None) -> Any:
         """The kernel (or gradient weights) by the fused backend: tiles on the CPU
-        (:func:`rfmdist.fused.block`), the GEMM then one elementwise kernel on a GPU."""
+        (:func:`rfmdist.fused.block`, written straight into ``out`` when it is C-contiguous and of
+        the kernel's dtype), the GEMM then one elementwise kernel on a GPU."""
         from rfmdist import fused
 
         if get_namespace(Xt) is np:
-            return fused.block(self, Xt, x_sq, weights=weights)
+            direct = (
+                out is not None and out.flags.c_contiguous and out.dtype == self.centers_t.dtype
+            )
+            return fused.block(self, Xt, x_sq, weights=weights, out=out if direct else None)
         scale = self.distance_scale
         dist, limit = gemm_distances(Xt, x_sq, self.centers_aug, scale=scale)
         return fused.kernel_tail(
@@ -350,18 +354,8 @@ class PreparedKernel:
         into a C-contiguous one of the kernel's dtype, the others copy their block into it.
         """
         Xt, x_sq = self.transform(X)
-        direct = (
-            out is not None
-            and get_namespace(Xt) is np
-            and out.flags.c_contiguous
-            and out.dtype == self.centers_t.dtype
-        )
-        if self.backend == "fused" and direct:
-            from rfmdist import fused
-
-            return fused.block(self, Xt, x_sq, out=out)
         if self.backend == "fused":
-            values = self._fused(Xt, x_sq, weights=False)
+            values = self._fused(Xt, x_sq, weights=False, out=out)
         else:
             xp = get_namespace(X)
             values = self._scaled_distances(Xt, x_sq)
@@ -369,7 +363,7 @@ class PreparedKernel:
                 xp.sqrt(values, out=values)
             xp.negative(values, out=values)
             xp.exp(values, out=values)
-        if out is None:
+        if out is None or values is out:
             return values
         out[...] = values
         return out
