@@ -85,7 +85,7 @@ def transformed_gradients(
     n_outputs = operand.coef.shape[1]
     # grad_k(x) = scale * [ (sum_j w_j coef_jk) x' - sum_j w_j coef_jk z'_j ]: two GEMMs per block,
     # on tiles of the weights with the fused backend on the CPU.
-    if prepared.backend == "fused" and get_namespace(Xt) is np:
+    if prepared.fused_tiles:
         from rfmdist import fused
 
         center_terms, row_weight = fused.gradient_terms(

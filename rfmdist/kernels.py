@@ -257,6 +257,12 @@ class PreparedKernel:
         return self.S.ndim == 1
 
     @property
+    def fused_tiles(self) -> bool:
+        """True when passes run on the fused backend's CPU tiles (:mod:`rfmdist.fused`): the fused
+        backend with NumPy centers."""
+        return self.backend == "fused" and get_namespace(self.centers_t) is np
+
+    @property
     def n_centers(self) -> int:
         """Number of centers ``m``."""
         return int(self.centers_t.shape[0])
@@ -287,7 +293,7 @@ class PreparedKernel:
         the kernel's dtype), the GEMM then one elementwise kernel on a GPU."""
         from rfmdist import fused
 
-        if get_namespace(Xt) is np:
+        if self.fused_tiles:
             direct = (
                 out is not None and out.flags.c_contiguous and out.dtype == self.centers_t.dtype
             )

@@ -273,14 +273,10 @@ class BlockedKernelOperator:
             lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
         )
 
-    def _fused_cpu(self) -> bool:
-        """True for the fused backend on the CPU (:mod:`rfmdist.fused`)."""
-        return self.prepared.backend == "fused" and get_namespace(self.prepared.centers_t) is np
-
     def _tiled(self) -> bool:
         """True when products run on cache-sized tiles and never form a kernel block: the fused
         backend on the CPU, with no kernel kept."""
-        return not self.cache and self._fused_cpu()
+        return not self.cache and self.prepared.fused_tiles
 
     def _agop_rows(self, n_outputs: int) -> int:
         """Rows per block of an AGOP pass.
@@ -291,7 +287,7 @@ class BlockedKernelOperator:
         GEMMs stream the m x c d weighted centers once per block: the more rows, the less memory
         traffic). Never a function of the threads: the blocks' partial sums are added in their
         order, and a resumed fit with other threads must add the same ones."""
-        if not self._fused_cpu():
+        if not self.prepared.fused_tiles:
             return max(16, self.block_rows // 4)
         d = self.prepared.centers_t.shape[1]
         by_memory = AGOP_GRADIENT_BYTES // (4 * 8 * max(1, n_outputs * d))
