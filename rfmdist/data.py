@@ -1,6 +1,9 @@
 """Input checking and ingestion: NumPy, pandas, CuPy, Dask arrays and Zarr stores.
 
-Every check raises an error that says what was expected, what was found and how to fix it. In-memory
+The one ingestion layer of the estimators and the command line: both open Zarr stores with
+:func:`open_zarr`, refuse non-numeric columns with :func:`check_numeric_columns` and non-finite rows
+with :func:`non_finite_error` (the command line's file formats are read by :mod:`rfmdist.io`, which
+calls these). Every check raises an error that says what was expected, what was found and how to fix it. In-memory
 inputs go through scikit-learn's ``validate_data`` (feature names, ``n_features_in_``); Dask inputs are
 checked on their metadata (row chunks only, known chunk sizes, numeric dtype) and for finiteness in the
 same pass that computes the standardisation statistics.
@@ -16,7 +19,8 @@ import numpy as np
 from rfmdist.backend import device_meta, get_namespace, is_cupy_array, to_device, to_numpy
 
 FIX_NON_FINITE = (
-    "remove or impute those rows, e.g. with sklearn.impute.SimpleImputer, before fitting"
+    "remove or impute those rows (empty cells of a file read as NaN), e.g. with "
+    "sklearn.impute.SimpleImputer, before fitting"
 )
 
 
@@ -56,8 +60,8 @@ def is_store_path(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def open_zarr_xy(path: Any) -> tuple[Any, Any]:
-    """Open a Zarr group with arrays ``X`` (n, d) and ``y`` (n,) or (n, c), or a single array ``X``.
+def open_zarr(path: Any) -> tuple[Any, dict[str, Any]]:
+    """Open a Zarr array, or a group with an array ``X`` (and usually ``y``), lazily.
 
     Parameters
     ----------
@@ -66,9 +70,17 @@ def open_zarr_xy(path: Any) -> tuple[Any, Any]:
 
     Returns
     -------
-    X : dask.array.Array, shape (n, d)
-        Chunked by rows as stored (columns in one chunk).
-    y : dask.array.Array or None
+    X : dask.array.Array
+        The array, or the group's ``X`` (chunked as stored).
+    arrays : dict of str to dask.array.Array
+        Every array of a group by name (``X`` among them); empty for a single array.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    ValueError
+        Something zarr cannot open, or a group without ``X``.
     """
     import dask.array as da
     import zarr
@@ -80,18 +92,41 @@ def open_zarr_xy(path: Any) -> tuple[Any, Any]:
             f"Expected a Zarr group with arrays 'X' and 'y' at {str(path)!r}, found nothing there; "
             "check the path (write one with zarr.create_array or rfmdist's CLI)."
         ) from err
+    except Exception as err:
+        raise ValueError(
+            f"Expected a Zarr group or array at {str(path)!r}, found content that zarr cannot open "
+            f"({type(err).__name__}: {err}); check the path."
+        ) from err
     if isinstance(node, zarr.Array):
-        return da.from_zarr(node), None
-    names = set(node.array_keys())
+        return da.from_zarr(node), {}
+    names = sorted(node.array_keys())
     if "X" not in names:
         raise ValueError(
             f"Expected the Zarr group {str(path)!r} to hold an array 'X' (and 'y'), found arrays "
-            f"{sorted(names)}; store the features as 'X' and the targets as 'y'."
+            f"{names}; store the features as 'X' and the targets as 'y'."
         )
-    X = da.from_zarr(node["X"])
-    X = X.rechunk({1: X.shape[1]}) if X.ndim == 2 else X
-    y = da.from_zarr(node["y"]) if "y" in names else None
-    return X, y
+    arrays = {name: da.from_zarr(node[name]) for name in names}
+    return arrays["X"], arrays
+
+
+def open_zarr_xy(path: Any) -> tuple[Any, Any]:
+    """Open a Zarr group with arrays ``X`` (n, d) and ``y`` (n,) or (n, c), or a single array ``X``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local path or fsspec URL of a Zarr v3 group or array.
+
+    Returns
+    -------
+    X : dask.array.Array, shape (n, d)
+        Chunked by rows as stored (a group's ``X`` with its columns in one chunk).
+    y : dask.array.Array or None
+    """
+    X, arrays = open_zarr(path)
+    if arrays and X.ndim == 2:
+        X = X.rechunk({1: X.shape[1]})
+    return X, arrays.get("y")
 
 
 def check_dask_features(X: Any, *, n_features: int | None = None, name: str = "X") -> Any:
@@ -134,17 +169,41 @@ def check_dask_features(X: Any, *, n_features: int | None = None, name: str = "X
     return X
 
 
-def check_non_numeric_frame(X: Any) -> None:
-    """Refuse a pandas DataFrame with non-numeric columns, naming them."""
+def check_numeric_columns(dtypes: Any, *, where: str = "", fix: str = "") -> None:
+    """Refuse non-numeric feature columns, naming them.
+
+    Parameters
+    ----------
+    dtypes : mapping of column name to dtype
+        E.g. a pandas or Dask DataFrame's ``dtypes`` (of the feature columns).
+    where : str
+        Where the columns are (``" in 'train.csv'"``), for the message.
+    fix : str
+        More advice for the message (``" or make one the --target"``).
+    """
     import pandas as pd
 
-    bad = [str(col) for col, dtype in X.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    bad = [str(c) for c, dtype in dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if bad:
         shown = ", ".join(repr(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise TypeError(
-            f"Expected numeric feature columns, found non-numeric column(s) {shown}; encode them "
-            "first, e.g. with pandas.get_dummies or sklearn.preprocessing.OrdinalEncoder."
+            f"Expected numeric feature columns{where}, found non-numeric column(s) {shown} (dtype "
+            f"{dtypes[bad[0]]}); encode them first, e.g. with pandas.get_dummies or "
+            f"sklearn.preprocessing.OrdinalEncoder{fix}."
         )
+
+
+def check_non_numeric_frame(X: Any) -> None:
+    """Refuse a pandas DataFrame with non-numeric columns, naming them."""
+    check_numeric_columns(X.dtypes)
+
+
+def non_finite_error(where: str, bad_rows: int) -> ValueError:
+    """The refusal of features with ``bad_rows`` rows holding NaN or infinity."""
+    return ValueError(
+        f"Expected finite values in {where}, found NaN or infinity in {bad_rows} row(s); "
+        f"{FIX_NON_FINITE}."
+    )
 
 
 def check_finite(X: Any, *, name: str = "X") -> None:
@@ -157,10 +216,7 @@ def check_finite(X: Any, *, name: str = "X") -> None:
             if X.ndim > 1
             else int((~finite).sum())
         )
-        raise ValueError(
-            f"Expected finite values in {name}, found NaN or infinity in {bad_rows} row(s); "
-            f"{FIX_NON_FINITE}."
-        )
+        raise non_finite_error(name, bad_rows)
 
 
 def check_min_samples(n: int, minimum: int = 2) -> None:

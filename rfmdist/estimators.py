@@ -1,26 +1,23 @@
 """scikit-learn estimators: :class:`RFMRegressor` and :class:`RFMClassifier`.
 
-``__init__`` stores parameters only; ``fit`` validates them against :data:`PARAMETERS`, checks the data,
-runs the rounds of :mod:`rfmdist.training` and keeps the best one. With ``store=`` every round is
-committed to a Zarr store (:mod:`rfmdist.store`) from which an interrupted fit resumes; ``save`` and
-:func:`load` write and read finished models.
+The estimators are thin: ``__init__`` stores parameters only; ``fit`` validates them against
+:data:`PARAMETERS`, checks the data (:mod:`rfmdist.data`), encodes the targets, and hands the rest to
+the fit pipeline (:class:`rfmdist.pipeline.FitPipeline`: preprocessing, centers, the rounds, the best
+round, the refit and the store), whose result becomes the fitted attributes. With ``store=`` every
+round is committed to a Zarr store (:mod:`rfmdist.store`) from which an interrupted fit resumes;
+``save`` and :func:`load` write and read finished models.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import numbers
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
@@ -33,8 +30,6 @@ from rfmdist.backend import (
     gpu_available,
     is_cupy_array,
     resolve_device,
-    set_tf32,
-    tf32_matmul,
     to_numpy,
 )
 from rfmdist.data import (
@@ -50,56 +45,29 @@ from rfmdist.data import (
     on_device,
     open_zarr_xy,
     regression_targets,
-    take_rows,
 )
 from rfmdist.exceptions import NotFittedError, StoreError
-from rfmdist.fingerprint import column_statistics
 from rfmdist.kernels import KERNELS
 from rfmdist.locking import StoreLock
-from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import active_client, chunk_rows_for
+from rfmdist.model import KernelMachine
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
-from rfmdist.sizing import CentersChoice, auto_centers, cluster_cores, local_cores
-from rfmdist.solvers import costs
-from rfmdist.store import (
-    RunHeader,
-    RunPlan,
-    RunWriter,
-    StoredRun,
-    check_same_run,
-    data_fingerprint,
-    plan_run,
-    read_store,
-    save_location,
-    save_model,
-    store_location,
+from rfmdist.pipeline import (
+    Checkpoint,
+    FitPipeline,
+    FitResult,
+    FitSettings,
+    RunIdentity,
+    Targets,
+    Validation,
+    accuracy,
+    compute_context,
+    internal_split,
+    mean_squared_error,
 )
-from rfmdist.training import (
-    SOLVERS,
-    STOP_CALLBACK,
-    RoundConfig,
-    RoundOutcome,
-    RoundsResult,
-    TrainingData,
-    cache_budget,
-    identity_metric,
-    refit_round,
-    run_rounds,
-)
+from rfmdist.store import StoredRun, read_store, save_location, store_location
+from rfmdist.training import SOLVERS, RoundConfig, RoundOutcome
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _targets_in_graphs() -> Iterator[None]:
-    """Context for the graphs that carry the targets (in memory) to the workers: the fingerprint's
-    pass and their persist, once each. A million rows of 23 one-hot classes are 180 MB, above
-    distributed's large-graph warning (10 MB), which advises loading them with Dask: they are the
-    caller's (encoded) targets, sent once on purpose."""
-    import dask
-
-    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GB"}):
-        yield
 
 
 DEFAULT_TOL = 1e-4
@@ -314,19 +282,12 @@ class _RFMBase(BaseEstimator):
 
     # --- hooks the two estimators fill in ----------------------------------------------------------
 
-    def _prepare_targets(self, y: Any, n: int) -> Any:
+    def _targets(self, y: Any, n: int) -> Targets:
+        """Check and encode the training targets (and keep what predictions need of them)."""
         raise NotImplementedError
-
-    def _target_scaling(self, Y: Any) -> Standardizer:
-        return Standardizer()
-
-    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
-        raise NotImplementedError
-
-    #: Whether larger validation scores are better (accuracy) or smaller (mean squared error).
-    _greater_is_better = False
 
     def _validation_truth(self, y: Any, n: int) -> np.ndarray:
+        """What the validation rows' predictions are scored against."""
         raise NotImplementedError
 
     # --- fitting -----------------------------------------------------------------------------------
@@ -355,6 +316,52 @@ class _RFMBase(BaseEstimator):
             n_iter_no_change=None if self.n_iter_no_change is None else int(self.n_iter_no_change),
             time_budget=None if self.time_budget is None else float(self.time_budget),
         )
+
+    def fit_settings(self, device: str | None = None) -> FitSettings:
+        """The settings a fit with these parameters runs with (:class:`rfmdist.pipeline.FitSettings`).
+
+        Parameters
+        ----------
+        device : {'cpu', 'gpu'}, optional
+            Where the passes run (default: ``device`` resolved on this machine).
+        """
+        device = resolve_device(self.device) if device is None else device
+        return FitSettings(
+            rounds=self._round_config(seed=0, device=device),  # the pipeline sets the fit's seed
+            centers=self.centers,
+            standardize=bool(self.standardize),
+            validation_fraction=self.validation_fraction,
+            random_state=self.random_state,
+        )
+
+    def _identity(self) -> RunIdentity:
+        """What a store records of this estimator."""
+        names = getattr(self, "feature_names_in_", None)
+        return RunIdentity(
+            estimator=type(self).__name__,
+            params=self.get_params(deep=False),
+            state={
+                "y_1d": getattr(self, "_y_1d", None),
+                "n_features_in": int(self.n_features_in_),
+                "feature_names_in": None if names is None else [str(v) for v in names],
+            },
+            classes=getattr(self, "classes_", None),
+        )
+
+    def check_features(self, X: Any) -> Any:
+        """Check features as :meth:`predict` does, against the fitted feature count and names.
+
+        Parameters
+        ----------
+        X : array-like, dask array or str, shape (n, d)
+            NumPy, pandas, CuPy, Dask, or the path of a Zarr group with an array ``X``.
+
+        Returns
+        -------
+        array or dask.array.Array, shape (n, d)
+            The raw (not preprocessed) features: NumPy or CuPy, or a row-chunked Dask array.
+        """
+        return self._check_features(X, reset=False)
 
     def _check_features(self, X: Any, *, reset: bool) -> Any:
         """Validate features; return NumPy/CuPy or a Dask array (raw, not preprocessed)."""
@@ -410,97 +417,6 @@ class _RFMBase(BaseEstimator):
                 f"This {type(self).__name__} instance is not fitted yet; call 'fit' with training "
                 "data before using it."
             )
-
-    def _device_rows(self, X: Any, Y: Any, config: RoundConfig) -> tuple[Any, Any]:
-        """Rows and targets where the passes run: on the device, and as Dask arrays when a
-        distributed client is active (so that the workers run the passes)."""
-        import dask.array as da
-
-        if not is_dask_array(X) and active_client() is not None:
-            n = int(X.shape[0])
-            rows = chunk_rows_for(n, self._center_count(n), X.shape[1], config.dtype.itemsize, 2)
-            X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
-            Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
-        return on_device(X, config.device), Y
-
-    def _training_data(
-        self,
-        X: Any,
-        Y: Any,
-        preprocessing: Standardizer,
-        truth: np.ndarray,
-        seed: int,
-        config: RoundConfig,
-        *,
-        centers: tuple[np.ndarray | None, Any] | None = None,
-    ) -> TrainingData:
-        """Preprocess the rows, choose the centers (unless given) and wrap them for the round loop.
-
-        Parameters
-        ----------
-        X : array or dask.array.Array, shape (n, d)
-            Raw rows, on the device (:meth:`_device_rows`).
-        Y : array or dask.array.Array, shape (n, c)
-            Scaled float targets.
-        preprocessing : Standardizer
-        truth : numpy.ndarray
-            The rows' targets for the training score (see ``_score_predictions``).
-        seed : int
-        config : RoundConfig
-        centers : (center_rows, centers), optional
-            Reuse these (a refit on more rows with the rounds' Nyström centers).
-        """
-        import dask.array as da
-
-        Xp = preprocessing.transform(X, config.dtype)
-        if is_dask_array(Xp):
-            if Xp.nbytes <= cache_budget(config, on_workers=True):
-                Xp = Xp.persist()
-            if not is_dask_array(Y):
-                Y = da.from_array(to_numpy(Y), chunks=(Xp.chunks[0], Y.shape[1]))
-            # Persisted once, so that no pass carries the targets in its graph.
-            with _targets_in_graphs():
-                Y = on_device(Y, config.device).rechunk({0: Xp.chunks[0]}).persist()
-        else:
-            Y = on_device(Y, config.device)
-        if centers is None:
-            centers = self._choose_centers(Xp, int(X.shape[0]), seed, preprocessing, config.dtype)
-        center_rows, center_values = centers
-        return TrainingData(
-            X=Xp,
-            Y=Y,
-            score=lambda pred, rows=None: self._score_predictions(
-                pred, truth if rows is None else truth[rows]
-            ),
-            center_rows=center_rows,
-            centers=center_values,
-            preprocessing=preprocessing,
-        )
-
-    def _choose_centers(
-        self, Xp: Any, n: int, seed: int, preprocessing: Standardizer, dtype: np.dtype
-    ) -> tuple[np.ndarray | None, Any]:
-        spec = self.centers
-        if isinstance(spec, str) and spec == "auto":
-            spec = self._centers_choice.n_centers
-        if spec is None or (isinstance(spec, numbers.Integral) and spec >= n):
-            centers = Xp.compute() if is_dask_array(Xp) else Xp
-            return None, centers
-        if isinstance(spec, numbers.Integral):
-            rng = np.random.default_rng([seed, 0])
-            rows = np.sort(rng.choice(n, size=int(spec), replace=False))
-            centers = Xp[rows]
-            return rows, centers.compute() if is_dask_array(centers) else centers
-        given = to_numpy(spec)
-        if given.ndim != 2 or given.shape[1] != Xp.shape[1] or given.shape[0] < 1:
-            raise ValueError(
-                f"Expected centers of shape (m, {Xp.shape[1]}), found {given.shape}; pass rows with "
-                "the training features' columns."
-            )
-        check_finite(given, name="centers")
-        like = Xp._meta if is_dask_array(Xp) else Xp
-        centers = preprocessing.transform(get_namespace(like).asarray(given), dtype)
-        return np.full(len(given), -1), centers
 
     def fit(
         self,
@@ -574,8 +490,10 @@ class _RFMBase(BaseEstimator):
         progress: Any = None,
     ) -> _RFMBase:
         """The body of :meth:`fit` (the store, if any, locked)."""
-        device = resolve_device(self.device)
-        plan = None if store is None else plan_run(store, resume=resume, overwrite=overwrite)
+        settings = self.fit_settings()
+        checkpoint = (
+            None if store is None else Checkpoint.plan(store, resume=resume, overwrite=overwrite)
+        )
         if is_store_path(X):
             X, y_store = open_zarr_xy(X)
             y = y_store if y is None else y
@@ -589,321 +507,58 @@ class _RFMBase(BaseEstimator):
         X = self._check_features(X, reset=True)
         n = int(X.shape[0])
         check_min_samples(n)
-        Y = self._prepare_targets(y, n)
-        validation, eval_stamp, eval_vectors = self._validation(eval_set)
-        # One pass: the fingerprint's sums over every row and the preprocessing's statistics.
-        with _targets_in_graphs():
-            statistics = column_statistics(X, Y)
-        fingerprint, vectors = data_fingerprint(X, Y, getattr(self, "classes_", None), statistics)
-        fingerprint |= eval_stamp
-        vectors |= eval_vectors
-        previous = self._previous_run(plan, fingerprint, vectors)
-        if plan is not None and plan.mode == "finished":
-            logger.info("the run at %s is complete: loaded it without refitting", plan.target.url)
-            self._restore(previous)
-            return self
-        target_scaling = self._target_scaling(Y)
-        Y = target_scaling.transform(Y, np.float64)
-        seed = (
-            int(previous.attrs["seed"])
-            if previous is not None
-            else int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        )
-        config = self._round_config(seed, device)
-        split = self._internal_split(n, seed) if validation is None else None
-        self._centers_choice = (
-            self._auto_centers(
-                n if split is None else len(split[0]), int(X.shape[1]), device, previous
-            )
-            if isinstance(self.centers, str)  # 'auto'
-            else None
-        )
-        X, Y = self._device_rows(X, Y, config)
-        preprocessing = (
-            Standardizer.from_statistics(statistics) if self.standardize else Standardizer()
-        )
-        truth = self._train_truth
-        if split is None:
-            data = self._training_data(X, Y, preprocessing, truth, seed, config)
-            if validation is not None:
-                validation = (on_device(validation[0], device), validation[1])
-        else:
-            train_rows, val_rows = split
-            data = self._training_data(
-                take_rows(X, train_rows),
-                take_rows(Y, train_rows),
-                preprocessing,
-                truth[train_rows],
-                seed,
-                config,
-            )
-            val_truth = truth[val_rows]
-            validation = (
-                take_rows(X, val_rows),
-                lambda pred: self._score_predictions(pred, val_truth),
-            )
-        data.target_scaling = target_scaling
-        self.seed_ = seed
-        self._fingerprint = fingerprint
-        self._fingerprint_vectors = vectors
-        writer = None
-        if plan is not None:
-            writer = (
-                RunWriter.reopen(plan.work)
-                if previous is not None
-                else RunWriter.create(
-                    plan.work,
-                    self._store_header(data.centers, data.preprocessing, target_scaling),
-                    identity_metric(int(X.shape[1]), config.diag),
-                )
-            )
-        with self._compute_context(device):
-            result = self._run_rounds(
-                data, config, validation, previous, writer, callback, progress
-            )
-            stopped = result.stop_reason == STOP_CALLBACK
-            if split is not None and not stopped:
-                self._refit_on_all_rows(
-                    X, Y, preprocessing, data, split[0], config, previous, writer, progress
-                )
-        if writer is not None:
-            self._finish_run(writer, plan, stopped)
-        return self
-
-    def _auto_centers(
-        self, n_rows: int, n_features: int, device: str, previous: StoredRun | None
-    ) -> CentersChoice:
-        """What ``centers='auto'`` means for this fit (logged; only asked for 'auto'); a resumed fit
-        keeps its stored count."""
-        client = active_client()
-        cores = local_cores() if client is None else cluster_cores(client)
-        if previous is not None:
-            # Stores of format 1 have no count; their 'auto' was min(n, 20,000).
-            m = int(previous.attrs.get("n_centers", min(n_rows, 20_000)))
-            return CentersChoice(None if m >= n_rows else m, "stored", cores)
-        choice = auto_centers(
-            n_rows,
-            n_features,
-            cores,
-            memory.available_bytes(device),
-            worker_bytes=None if client is None else memory.worker_bytes(client),
-            split_every=int(self.split_every),
-        )
-        logger.info("centers='auto': %s", choice.describe(n_rows))
-        return choice
-
-    def _center_count(self, n_rows: int) -> int:
-        """How many centers the rounds use (``n_rows`` for the exact system)."""
-        spec = self.centers
-        if isinstance(spec, str):
-            return self._centers_choice.n_centers or n_rows
-        if spec is None:
-            return n_rows
-        if isinstance(spec, numbers.Integral):
-            return min(n_rows, int(spec))
-        return int(np.shape(spec)[0])
-
-    def _internal_split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Sorted (train, validation) row indices for early stopping without ``eval_set``, or None.
-
-        The split holds out ``validation_fraction`` of the rows (at least one, and at least one per
-        class for classifiers when every class has two rows), seeded by the fit's seed; None when
-        early stopping is off, ``validation_fraction`` is None or there are too few rows.
-        """
-        if self.n_iter_no_change is None or self.validation_fraction is None:
-            return None
-        n_val = max(1, round(self.validation_fraction * n))
-        if n - n_val < 2:
-            return None
-        labels = getattr(self, "_split_labels", None)
-        stratify = None
-        if labels is not None:
-            counts = np.bincount(labels)
-            if counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts):
-                stratify = labels
-        train, val = train_test_split(
-            np.arange(n), test_size=n_val, random_state=seed, stratify=stratify
-        )
-        return np.sort(train), np.sort(val)
-
-    def _refit_on_all_rows(
-        self,
-        X: Any,
-        Y: Any,
-        preprocessing: Standardizer,
-        data: TrainingData,
-        train_rows: np.ndarray,
-        config: RoundConfig,
-        previous: StoredRun | None,
-        writer: RunWriter | None,
-        progress: Any = None,
-    ) -> None:
-        """Fit the kept round's ``M`` once more on all rows (the rounds saw the training part of an
-        internal validation split), and keep that model; committed to the store when there is one."""
-        if previous is not None and previous.refit is not None:
-            self.refit_ = previous.refit
-            self.model_ = previous.machine
-            self.coef_, self.centers_ = self.model_.coef, self.model_.centers
-            return
-        centers = None
-        if not data.exact and data.center_rows is not None:
-            rows = data.center_rows
-            centers = (train_rows[rows] if np.all(rows >= 0) else rows, data.centers)
-        # The rounds' rows are not needed any more: let them go (on a cluster, their persisted
-        # chunks) before the refit's rows are prepared, and let the refit reuse the rounds' arrays.
-        data.X = data.Y = data.Y_client = None
-        full = self._training_data(
-            X, Y, preprocessing, self._train_truth, self.seed_, config, centers=centers
-        )
-        full.target_scaling = data.target_scaling
-        full.rates = data.rates
-        full.workspace = data.workspace
-        started = time.perf_counter()
-        outcome = refit_round(full, config, self.M_, self.best_iter_, progress)
-        self.refit_ = outcome.record | {
-            "rows": full.n_rows,
-            "seconds": time.perf_counter() - started,
-        }
-        logger.info(
-            "refitted round %d's M on all %d rows (%s, %.2f s)",
-            self.best_iter_,
-            full.n_rows,
-            outcome.record["solver"],
-            self.refit_["seconds"],
-        )
-        if writer is not None:
-            writer.commit_refit(outcome.machine.centers, outcome.machine.coef, self.refit_)
-        self.model_ = outcome.machine
-        self.coef_, self.centers_ = self.model_.coef, self.model_.centers
-
-    def _validation(
-        self, eval_set: tuple[Any, Any] | None
-    ) -> tuple[
-        tuple[Any, Callable[[np.ndarray], float]] | None, dict[str, Any], dict[str, np.ndarray]
-    ]:
-        """Checked validation data with its scorer, and its fingerprint: ``{"eval_set": ...}`` and
-        the per-column sums (named ``eval_<name>``)."""
-        if eval_set is None:
-            return None, {"eval_set": None}, {}
-        X_val, y_val = eval_set
-        X_val = self._check_features_like_fit(X_val)
-        truth = self._validation_truth(y_val, int(X_val.shape[0]))
-        truth_2d = truth.reshape(len(truth), -1)
-        stamp, vectors = data_fingerprint(X_val, truth_2d)
-        validation = (X_val, lambda pred: self._score_predictions(pred, truth))
-        summary = {
-            "n": stamp["n"],
-            "hash": stamp["hash"],
-            "sample_hash": stamp["sample_hash"],
-            "d": stamp["d"],
-            "c": int(truth_2d.shape[1]),
-        }
-        return validation, {"eval_set": summary}, {f"eval_{k}": v for k, v in vectors.items()}
-
-    def _previous_run(
-        self, plan: RunPlan | None, fingerprint: dict[str, Any], vectors: dict[str, np.ndarray]
-    ) -> StoredRun | None:
-        """The stored run to continue (or the finished one to load), checked against this fit."""
-        if plan is None or plan.mode == "fresh":
-            return None
-        finished = plan.mode == "finished"
-        location = plan.target if finished else plan.work
-        previous = read_store(location.url, require_complete=finished)
-        check_same_run(
-            previous,
-            location,
-            estimator=type(self).__name__,
-            params=self.get_params(deep=False),
-            fingerprint=fingerprint,
-            vectors=vectors,
-        )
-        if not finished:
-            logger.info(
-                "resuming the run at %s after %d committed rounds",
-                location.url,
-                previous.completed_rounds,
-            )
-        return previous
-
-    def _run_rounds(
-        self,
-        data: TrainingData,
-        config: RoundConfig,
-        validation: tuple[Any, Callable[[np.ndarray], float]] | None,
-        previous: StoredRun | None,
-        writer: RunWriter | None,
-        callback: Callable[[RoundOutcome], bool | None] | None,
-        progress: Any = None,
-    ) -> RoundsResult:
-        """Run (the remaining) rounds, committing each to ``writer``; set the fitted attributes."""
-
-        def on_round(outcome: RoundOutcome, best_round: int, history: list[dict]) -> bool:
-            if writer is not None:
-                rates = None if data.rates is None else dataclasses.asdict(data.rates)
-                writer.commit_round(
-                    outcome.round, outcome.machine.coef, outcome.next_M, best_round, history, rates
-                )
-            return callback is not None and bool(callback(outcome))
-
-        if previous is not None and previous.attrs.get("rates") is not None:
-            data.rates = costs.Rates(**previous.attrs["rates"])
-
-        result = run_rounds(
-            data,
-            config,
-            greater_is_better=self._greater_is_better,
-            validation=validation,
-            previous=None
-            if previous is None
-            else (
-                previous.history,
-                list(previous.M_history),
-                _stored_best(previous),
-                previous.next_M,
-            ),
-            on_round=on_round,
+        targets = self._targets(y, n)
+        validation = self._validation(eval_set)
+        pipeline = FitPipeline(
+            settings,
+            self._identity(),
+            checkpoint,
+            callback=callback,
             progress=progress,
         )
+        result = pipeline.run(X, targets, validation)
+        if result.stored is not None:
+            self._restore(result.stored)
+        else:
+            self._set_result(result)
+        return self
+
+    def _internal_split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows a fit without ``eval_set`` holds out (:func:`rfmdist.pipeline.internal_split`)."""
+        return internal_split(
+            n,
+            seed,
+            self.validation_fraction,
+            self.n_iter_no_change,
+            getattr(self, "_split_labels", None),
+        )
+
+    def _validation(self, eval_set: tuple[Any, Any] | None) -> Validation | None:
+        """Checked validation data and the truth its predictions are scored against."""
+        if eval_set is None:
+            return None
+        X_val, y_val = eval_set
+        X_val = self._check_features_like_fit(X_val)
+        return Validation(X_val, self._validation_truth(y_val, int(X_val.shape[0])))
+
+    def _set_result(self, result: FitResult) -> None:
+        """The fitted attributes of a fit's (or a stored run's) result."""
+        best = result.best
+        self.seed_ = result.seed
+        self._fingerprint = result.fingerprint
+        self._fingerprint_vectors = result.fingerprint_vectors
         self.history_ = result.history
         self.M_history_ = result.M_history
-        self._set_fitted(result.best)
-        return result
-
-    def _finish_run(self, writer: RunWriter, plan: RunPlan, stopped: bool) -> None:
-        """Mark the store complete (and move it into place), unless the callback stopped early."""
-        if stopped and len(self.history_) <= self.iters:
-            logger.info(
-                "stopped by the callback after round %d: the run at %s stays resumable "
-                "(fit(..., resume=True)); save(path) stores this model as finished",
-                len(self.history_) - 1,
-                plan.work.url,
-            )
-            return
-        writer.finish()
-        plan.complete()
+        self.model_: KernelMachine = result.model
+        self.best_iter_ = int(best.round)
+        self.n_iter_ = len(self.history_)
+        self.M_ = best.machine.M
+        self.feature_importances_ = normalized_diagonal(self.M_)
+        self.coef_ = self.model_.coef
+        self.centers_ = self.model_.centers
+        self.refit_: dict[str, Any] | None = result.refit
 
     # --- storage -----------------------------------------------------------------------------------
-
-    def _store_header(
-        self, centers: Any, preprocessing: Standardizer, target_scaling: Standardizer
-    ) -> RunHeader:
-        names = getattr(self, "feature_names_in_", None)
-        return RunHeader(
-            estimator=type(self).__name__,
-            params=self.get_params(deep=False),
-            seed=self.seed_,
-            data=self._fingerprint,
-            estimator_state={
-                "y_1d": getattr(self, "_y_1d", None),
-                "n_features_in": int(self.n_features_in_),
-                "feature_names_in": None if names is None else [str(v) for v in names],
-            },
-            centers=to_numpy(centers),
-            preprocessing=preprocessing,
-            target_scaling=target_scaling,
-            classes=getattr(self, "classes_", None),
-            data_vectors=getattr(self, "_fingerprint_vectors", {}),
-        )
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the fitted model as a complete Zarr store (layout in :mod:`rfmdist.store`).
@@ -927,9 +582,15 @@ class _RFMBase(BaseEstimator):
     def _save(self, path: str | os.PathLike[str], overwrite: bool) -> None:
         plan = save_location(path, overwrite=overwrite)
         model = self.model_
-        header = self._store_header(model.centers, model.preprocessing, model.target_scaling)
-        save_model(
-            plan.work,
+        header = self._identity().header(
+            self.seed_,
+            self._fingerprint,
+            getattr(self, "_fingerprint_vectors", {}),
+            model.centers,
+            model.preprocessing,
+            model.target_scaling,
+        )
+        plan.save_model(
             header,
             np.stack(self.M_history_),
             model.coef,
@@ -937,7 +598,6 @@ class _RFMBase(BaseEstimator):
             self.history_,
             refit=self.refit_,
         )
-        plan.complete()
         logger.info("saved %s to %s", type(self).__name__, plan.target.url)
 
     @classmethod
@@ -985,13 +645,7 @@ class _RFMBase(BaseEstimator):
             self._y_1d = bool(state["y_1d"])
         if stored.classes is not None:
             self.classes_ = stored.classes
-        self.seed_ = int(stored.attrs["seed"])
-        self._fingerprint = stored.attrs["data"]
-        self._fingerprint_vectors = stored.data_vectors
-        self.history_ = stored.history
-        self.M_history_ = list(stored.M_history)
-        self._set_fitted(_stored_best(stored))
-        self.refit_ = stored.refit
+        self._set_result(FitResult.from_stored(stored))
 
     def _check_features_like_fit(self, X: Any) -> Any:
         """Validate features against the fitted feature count (also during fit)."""
@@ -1014,39 +668,12 @@ class _RFMBase(BaseEstimator):
         check_finite(arr, name="X_val")
         return arr
 
-    def _set_fitted(self, best: RoundOutcome) -> None:
-        self.model_: KernelMachine = best.machine
-        self.best_iter_ = int(best.round)
-        self.n_iter_ = len(self.history_)
-        self.M_ = best.machine.M
-        self.feature_importances_ = normalized_diagonal(self.M_)
-        self.coef_ = best.machine.coef
-        self.centers_ = best.machine.centers
-        self.refit_: dict[str, Any] | None = None
-
     # --- prediction --------------------------------------------------------------------------------
 
     def _predict_device(self) -> str:
         """'gpu' for a model fitted with device 'gpu' or 'auto' where a GPU is usable, else 'cpu' (a
         stored GPU model still predicts on a machine without one)."""
         return "gpu" if self.device in ("gpu", "auto") and gpu_available() else "cpu"
-
-    @contextlib.contextmanager
-    def _compute_context(self, device: str) -> Iterator[None]:
-        """On a GPU: TF32 GEMMs on or off (``tf32``) in this process and on the distributed workers,
-        restored afterwards. Nothing on the CPU."""
-        if device != "gpu":
-            yield
-            return
-        client = active_client()
-        previous = {} if client is None else client.run(set_tf32, bool(self.tf32))
-        try:
-            with tf32_matmul(bool(self.tf32)):
-                yield
-        finally:
-            for address, value in previous.items():
-                if value is not None:
-                    client.run(set_tf32, value, workers=[address])
 
     def _decision(self, X: Any) -> Any:
         self._check_fitted()
@@ -1055,21 +682,9 @@ class _RFMBase(BaseEstimator):
         if device == "cpu" or memory.device_of(X) == "gpu":
             return self.model_.decision(X)
         # Host input, GPU model: compute on the device, return the input's array type.
-        with self._compute_context(device):
+        with compute_context(device, bool(self.tf32)):
             pred = self.model_.decision(on_device(X, device))
             return on_device(pred, "cpu")
-
-
-def _stored_best(stored: StoredRun) -> RoundOutcome | None:
-    """The best committed round of a stored run (None before the first)."""
-    if stored.best_iter is None:
-        return None
-    return RoundOutcome(
-        round=stored.best_iter,
-        machine=stored.machine,
-        record=stored.history[stored.best_iter],
-        next_M=None,
-    )
 
 
 def load(path: str | os.PathLike[str], *, incomplete: bool = False) -> _RFMBase:
@@ -1142,20 +757,20 @@ class RFMRegressor(RegressorMixin, _RFMBase):
         tags.target_tags.single_output = True
         return tags
 
-    def _prepare_targets(self, y: Any, n: int) -> Any:
+    def _targets(self, y: Any, n: int) -> Targets:
+        """Float64 targets of shape (n, c), scored by mean squared error; with ``standardize`` they
+        are standardised for the rounds: the raw AGOP then has the same scale whatever the targets'
+        units, so one bandwidth and ridge fit all problems."""
         Y, self._y_1d = regression_targets(y, n)
-        self._train_truth = to_numpy(Y.compute() if is_dask_array(Y) else Y).astype(np.float64)
-        if is_dask_array(Y):
-            return Y.astype(np.float64)
-        return get_namespace(Y).asarray(Y, dtype=np.float64)
-
-    def _target_scaling(self, Y: Any) -> Standardizer:
-        """Standardise regression targets (with ``standardize``): the raw AGOP then has the same scale
-        whatever the targets' units, so one bandwidth and ridge fit all problems."""
-        return Standardizer.fit(Y) if self.standardize else Standardizer()
-
-    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
-        return float(np.mean((pred - truth) ** 2))
+        truth = to_numpy(Y.compute() if is_dask_array(Y) else Y).astype(np.float64)
+        Y = (
+            Y.astype(np.float64)
+            if is_dask_array(Y)
+            else get_namespace(Y).asarray(Y, dtype=np.float64)
+        )
+        return Targets(
+            Y, truth, mean_squared_error, greater_is_better=False, scale=bool(self.standardize)
+        )
 
     def _validation_truth(self, y: Any, n: int) -> np.ndarray:
         Y, _ = regression_targets(y, n)
@@ -1201,7 +816,8 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         "        The class labels, sorted; ``coef_``'s columns follow their order.\n",
     )
 
-    def _prepare_targets(self, y: Any, n: int) -> Any:
+    def _targets(self, y: Any, n: int) -> Targets:
+        """One-hot float64 targets of the sorted classes, scored by accuracy."""
         if is_dask_array(y):
             y = y.compute()
         y = column_or_1d(to_numpy(y), warn=True)
@@ -1214,14 +830,9 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
                 "needs examples of more than one class."
             )
         self.classes_ = classes
-        self._train_truth = encoded
         self._split_labels = encoded
-        return np.eye(len(classes), dtype=np.float64)[encoded]
-
-    _greater_is_better = True
-
-    def _score_predictions(self, pred: np.ndarray, truth: np.ndarray) -> float:
-        return float(np.mean(np.argmax(pred, axis=1) == truth))
+        onehot = np.eye(len(classes), dtype=np.float64)[encoded]
+        return Targets(onehot, encoded, accuracy, greater_is_better=True, split_labels=encoded)
 
     def _validation_truth(self, y: Any, n: int) -> np.ndarray:
         if is_dask_array(y):

@@ -253,7 +253,7 @@ def full_agop(
         estimator = load(estimator)
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1, found {batch_size}; pass a positive int.")
-    X = estimator._check_features(X, reset=False)
+    X = estimator.check_features(X)
     model = estimator.model_
     model_diag = np.ndim(model.M) == 1
     diag = model_diag if diag is None else diag

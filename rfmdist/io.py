@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from rfmdist.data import check_numeric_columns, non_finite_error, open_zarr
+
 logger = logging.getLogger(__name__)
 
 #: ``target`` value meaning "the format's default target": the last column of a table or matrix, the
@@ -334,22 +336,11 @@ def _pick_named_target(columns: list[str], target: str | None, path: str) -> str
 
 
 def _check_numeric_columns(frame: Any, names: list[str], path: str) -> None:
-    import pandas as pd
-
-    bad = [
-        n
-        for n in names
-        if not (
-            pd.api.types.is_numeric_dtype(frame.dtypes[n])
-            or pd.api.types.is_bool_dtype(frame.dtypes[n])
-        )
-    ]
-    if bad:
-        raise TypeError(
-            f"Expected numeric feature columns in {path!r}, found non-numeric column(s) "
-            f"{_listing(bad)} (dtype {frame.dtypes[bad[0]]}); encode them as numbers first "
-            "(e.g. pandas.get_dummies) or make one the --target."
-        )
+    check_numeric_columns(
+        {n: frame.dtypes[n] for n in names},
+        where=f" in {path!r}",
+        fix=" (or make one the --target)",
+    )
 
 
 def _as_index(target: str, n: int) -> int | None:
@@ -441,26 +432,10 @@ def _open_pair(X: Any, arrays: dict[str, Any], path: str, fmt: str, target: str 
 def _open_zarr(
     path: str, fmt: str, target: str | None, features: list[str] | None, blocksize: Any
 ) -> Table:
-    import dask.array as da
-    import zarr
-
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as err:
-        raise ValueError(
-            f"Expected a Zarr group or array at {path!r}, found content that zarr cannot open "
-            f"({type(err).__name__}: {_short(err)}); check the path."
-        ) from err
-    if isinstance(node, zarr.Array):
-        return _open_matrix(da.from_zarr(node), path, fmt, target)
-    names = sorted(node.array_keys())
-    if "X" not in names:
-        raise ValueError(
-            f"Expected the Zarr group {path!r} to hold an array 'X' (and 'y'), found arrays "
-            f"{names}; store the features as 'X' and the targets as 'y'."
-        )
-    arrays = {n: da.from_zarr(node[n]) for n in names}
-    return _open_pair(arrays["X"], arrays, path, fmt, target)
+    X, arrays = open_zarr(path)
+    if not arrays:
+        return _open_matrix(X, path, fmt, target)
+    return _open_pair(X, arrays, path, fmt, target)
 
 
 class NpyRows:
@@ -624,10 +599,7 @@ def _reword_parse_error(err: Exception, table: Table) -> Exception:
 
 def _refuse_non_finite(table: Table, bad_rows: int, y: Any) -> None:
     if bad_rows:
-        raise ValueError(
-            f"Expected finite feature values in {table.path!r}, found NaN, empty or infinite "
-            f"values in {bad_rows} row(s); remove or impute those rows before running rfmdist."
-        )
+        raise non_finite_error(f"the features of {table.path!r}", bad_rows)
     if y is None:
         return
     y = np.asarray(y)

@@ -30,6 +30,7 @@ from rfmdist.cli.cluster import (
     n_workers,
 )
 from rfmdist.cli.errors import UsageError
+from rfmdist.cli.options import add_estimator_options, estimator_params
 
 logger = logging.getLogger(__name__)
 
@@ -93,66 +94,7 @@ def register(sub: Any) -> argparse.ArgumentParser:
         default="auto",
         help="Default: auto (see above).",
     )
-    model.add_argument("--kernel", choices=["laplace", "gaussian"], default="laplace")
-    model.add_argument("--bandwidth", type=float, default=10.0, help="Kernel bandwidth L (10).")
-    model.add_argument("--reg", type=float, default=1e-3, help="Ridge regularisation (1e-3).")
-    model.add_argument("--iters", type=int, default=5, help="Feature-matrix updates (5).")
-    model.add_argument("--diag", action="store_true", help="Learn a diagonal feature matrix.")
-    model.add_argument(
-        "--agop-samples",
-        default=None,
-        metavar="N|all",
-        help="Rows sampled per round for the AGOP (default: the estimators' 5000), or 'all'.",
-    )
-    model.add_argument(
-        "--centers",
-        default="auto",
-        metavar="auto|all|M",
-        help="Nyström centers: a count M, 'all' (exact system) or 'auto' (from the rows, features, "
-        "the cluster's cores and memory: the exact system while it costs at most that of 20,000 "
-        "rows on 2 cores, else the most centers within that work per round, at least sqrt(n); "
-        "logged at the start).",
-    )
-    model.add_argument("--solver", choices=["auto", "direct", "mixed", "pcg"], default="auto")
-    model.add_argument(
-        "--normalize-agop",
-        choices=["max", "none"],
-        default=None,
-        help="Divide each AGOP by its largest entry ('max', the default) or not ('none').",
-    )
-    model.add_argument(
-        "--n-iter-no-change",
-        metavar="N|none",
-        default=None,
-        help="Early stopping: stop after N rounds without a better validation score (default: "
-        "the estimators' 2); 'none' runs all rounds.",
-    )
-    model.add_argument(
-        "--validation-fraction",
-        metavar="F|none",
-        default=None,
-        help="Without --val, the fraction of the training rows held out for early stopping "
-        "(default: the estimators' 0.1); 'none' for no split.",
-    )
-    model.add_argument(
-        "--time-budget",
-        type=float,
-        metavar="SECONDS",
-        default=None,
-        help="Stop when another round would end past this many seconds of rounds.",
-    )
-    model.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default=None,
-        help="Kernel precision (default: float64 on CPUs, float32 with --gpus).",
-    )
-    model.add_argument(
-        "--tf32",
-        action="store_true",
-        help="With --gpus: TF32 tensor-core GEMMs (faster, ~1e-3 relative kernel error).",
-    )
-    model.add_argument("--seed", type=int, default=0, help="Seed of centers and AGOP samples (0).")
+    add_estimator_options(model)
     add_cluster_arguments(parser, local_default="a local cluster of worker processes on 127.0.0.1")
     parser.set_defaults(run=run)
     return parser
@@ -190,13 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if train.named:
         estimator.feature_names_in_ = np.asarray(train.feature_names, dtype=object)
     with cluster_client(args) as client:
-        params = estimator.get_params()
-        held_out = (
-            val is None
-            and params["n_iter_no_change"] is not None
-            and params["validation_fraction"] is not None
-        )
-        X = _chunked(train.X, args.chunk_rows, params, client, held_out)
+        X = _chunked(train.X, args.chunk_rows, estimator, client, has_validation=val is not None)
         X_val = None if val is None else val.X.rechunk({0: X.chunks[0][0]})
         progress = _progress(args.progress)
         try:
@@ -310,70 +246,11 @@ def _check_target_for_task(train: Any, task: str) -> None:
 
 
 def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Estimator parameters from the options, validated against the estimators' rules."""
-    from rfmdist.estimators import PARAMETERS
-
-    params = {
-        "kernel": args.kernel,
-        "bandwidth": args.bandwidth,
-        "reg": args.reg,
-        "iters": args.iters,
-        "diag": args.diag,
-        "centers": _count_or(args.centers, "--centers", {"all": None, "auto": "auto"}),
-        "solver": args.solver,
-        "dtype": args.dtype,
-        "random_state": args.seed,
-        "device": "gpu" if args.gpus else "cpu",
-        "tf32": bool(args.tf32),
-    }
-    # Options left out keep the estimators' defaults (not restated here).
-    if args.agop_samples is not None:
-        params["agop_samples"] = _count_or(args.agop_samples, "--agop-samples", {"all": None})
-    given = {
-        "normalize_agop": (args.normalize_agop, str),
-        "n_iter_no_change": (args.n_iter_no_change, int),
-        "validation_fraction": (args.validation_fraction, float),
-        "time_budget": (args.time_budget, float),
-    }
-    for name, (text, kind) in given.items():
-        if text is not None:
-            params[name] = _none_or(str(text), kind, "--" + name.replace("_", "-"))
+    """Estimator parameters from the options (:mod:`rfmdist.cli.options`), validated against the
+    estimators' rules."""
     if args.chunk_rows is not None and args.chunk_rows < 1:
         raise UsageError(f"Expected --chunk-rows >= 1, found {args.chunk_rows}.")
-    for name, value in params.items():
-        rules = PARAMETERS[name]
-        if not any(rule.accepts(value) for rule in rules):
-            option = "--seed" if name == "random_state" else "--" + name.replace("_", "-")
-            expected = " or ".join(
-                rule.describe() for rule in rules if type(rule).__name__ != "ArrayLike"
-            )
-            raise UsageError(
-                f"Expected {option} to be {expected}, found {value!r}; fix the option."
-            )
-    return params
-
-
-def _none_or(text: str, kind: type, option: str) -> Any:
-    """``None`` for 'none', else ``kind(text)`` (a usage error when it does not parse)."""
-    if text == "none":
-        return None
-    try:
-        return kind(text)
-    except ValueError:
-        raise UsageError(
-            f"Expected {option} to be a {kind.__name__} or 'none', found {text!r}."
-        ) from None
-
-
-def _count_or(text: str, option: str, words: dict[str, Any]) -> Any:
-    if text in words:
-        return words[text]
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(
-            f"Expected {option} to be a positive integer or one of {sorted(words)}, found {text!r}."
-        ) from None
+    return estimator_params(args)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -425,37 +302,31 @@ def _make_estimator(task: str, params: dict[str, Any]) -> Any:
 
 
 def _chunked(
-    X: Any, chunk_rows: int | None, params: dict[str, Any], client: Any, held_out: bool
+    X: Any, chunk_rows: int | None, estimator: Any, client: Any, *, has_validation: bool
 ) -> Any:
     """``X`` in row chunks: ``--chunk-rows``, or about 0.1 s of kernel work each for the centers
-    the fit will use (:mod:`rfmdist.sizing`) and at least one per worker; logged.
-
-    ``params`` are the estimator's; ``held_out``: the rounds see only the training part of an
-    internal validation split."""
-    from rfmdist import memory
+    the fit will use (:func:`rfmdist.pipeline.planned_centers`) and at least one per worker;
+    logged. Without validation data the rounds see the training part of an internal split."""
     from rfmdist.operators import chunk_rows_for
-    from rfmdist.sizing import auto_centers, cluster_cores
+    from rfmdist.pipeline import held_out_rows, planned_centers
+    from rfmdist.sizing import cluster_cores
 
     n, d = int(X.shape[0]), int(X.shape[1])
-    centers = params["centers"]
-    fraction = params["validation_fraction"] if held_out else 0.0
-    rounds_rows = max(1, n - round(fraction * n))
-    if centers == "auto":
-        choice = auto_centers(
-            rounds_rows,
-            d,
-            cluster_cores(client),
-            memory.available_bytes("cpu"),
-            worker_bytes=memory.worker_bytes(client),
-            split_every=params["split_every"],
-        )
-        m = choice.n_centers or rounds_rows  # the fit logs (and, resuming, keeps) its own count
-    else:
-        m = rounds_rows if centers is None else min(rounds_rows, centers)
+    settings = estimator.fit_settings(device=estimator.device)
+    rounds = settings.rounds
+    held_out = (
+        0
+        if has_validation
+        else held_out_rows(n, settings.validation_fraction, rounds.n_iter_no_change)
+    )
+    rounds_rows = n - held_out
+    m = planned_centers(settings, rounds_rows, d)  # the fit logs (and, resuming, keeps) its own
     if chunk_rows is None:
-        dtype = params["dtype"] or ("float32" if params["device"] == "gpu" else "float64")
-        chunk_rows = chunk_rows_for(n, m, d, np.dtype(dtype).itemsize, n_workers(client))
+        chunk_rows = chunk_rows_for(n, m, d, rounds.dtype.itemsize, n_workers(client))
     chunked = X.rechunk({0: int(chunk_rows), 1: -1})
+    agop_rows = (
+        rounds_rows if rounds.agop_samples is None else min(rounds_rows, rounds.agop_samples)
+    )
     logger.info(
         "%d row chunks of %d rows (for about %s centers) over %d workers (%d cores); AGOP on %s "
         "rows a round",
@@ -464,7 +335,7 @@ def _chunked(
         f"{m:,}",
         n_workers(client),
         cluster_cores(client),
-        f"{rounds_rows if params['agop_samples'] is None else min(rounds_rows, params['agop_samples']):,}",
+        f"{agop_rows:,}",
     )
     return chunked
 
