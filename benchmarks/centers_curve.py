@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import product_task, table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import product_task, table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pmlb"
 DEFAULT_SETS = "planted:200000,p:1203_BNG_pwLinear,p:sleep,p:fars"
@@ -35,7 +35,7 @@ CLASSIFICATION = {"sleep", "fars", "kddcup"}
 
 def load(name: str) -> tuple[Any, ...]:
     """(X, y, X_val, y_val, X_test, y_test, task) of set ``name``."""
-    from rfmdist.datasets.grinsztajn import split_grinsztajn
+    from benchmarks.datasets.grinsztajn import split_grinsztajn
 
     if name.startswith("planted:"):
         n = int(name.split(":")[1])

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, product_task, table, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import command_line, product_task, table, write_section
 
 logger = logging.getLogger("benchmarks.cg_tolerance")
 
@@ -48,13 +48,13 @@ def load_splits(name: str, max_train: int, seed: int = 0) -> tuple[np.ndarray, .
         X, y = product_task(max_train + 6_000, 20, seed)
         n = max_train
         return X[:n], y[:n], X[n : n + 3000], y[n : n + 3000], X[n + 3000 :], y[n + 3000 :]
-    from rfmdist.datasets.grinsztajn import (
+    from benchmarks.datasets import resolve_data_root
+    from benchmarks.datasets.grinsztajn import (
         load_grinsztajn,
         split_grinsztajn,
         standardize,
         standardize_target,
     )
-    from rfmdist.datasets.uci121 import resolve_data_root
 
     ds = load_grinsztajn(name, resolve_data_root(None))
     train, val, test = split_grinsztajn(ds.n, seed=seed, max_train=max_train)

@@ -3,6 +3,7 @@ a process and of a command's whole process tree."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -94,17 +95,62 @@ def write_text_section(
     write_section(path, section, title, command_line(script, argv), f"```\n{text.strip()}\n```\n")
 
 
-def write_section(path: str | None, section: str, title: str, command: str, body: str) -> None:
-    """Regenerate this benchmark's section of ``benchmarks/RESULTS.md`` (marker-delimited).
+def machine_info() -> str:
+    """A markdown bullet list describing the machine and the software versions."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    versions = []
+    for mod in ("numpy", "scipy", "sklearn", "dask", "rfmdist"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except Exception:
+            versions.append(f"{mod} ?")
+    return "\n".join(
+        [
+            f"- Machine: {platform.platform()}, {platform.machine()}, {cpu or 'unknown CPU'}",
+            f"- CPUs (os.cpu_count): {os.cpu_count()}",
+            f"- Python {platform.python_version()}; " + ", ".join(versions),
+        ]
+    )
 
-    Uses the runner's own writer (``uci121.write_results_section``), so every section of the page is
-    produced the same way; does nothing when ``path`` is None.
+
+def write_results_section(path: Path, section: str, body: str) -> None:
+    """Create or replace the ``<!-- {section}:begin -->`` ... ``<!-- {section}:end -->`` block.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The markdown file (created with a title if missing; other sections are kept verbatim).
+    section : str
+        The marker name, e.g. ``"uci121"``.
+    body : str
+        The generated markdown between the markers.
+    """
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    i, j = text.find(begin), text.find(end)
+    if (i < 0) != (j < 0) or (i >= 0 and j < i):
+        raise ValueError(
+            f"{path}: expected the markers {begin} and {end} together and in order, found "
+            f"begin at {i}, end at {j}. Fix: repair or delete the broken markers by hand."
+        )
+    if i >= 0:
+        text = text[:i] + block + text[j + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_section(path: str | None, section: str, title: str, command: str, body: str) -> None:
+    """Regenerate this benchmark's section of ``benchmarks/RESULTS.md`` (marker-delimited) with
+    :func:`write_results_section`, as every section of the page is; nothing when ``path`` is None.
     """
     if path is None:
         return
     import datetime as dt
-
-    from uci121 import machine_info, write_results_section
 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(

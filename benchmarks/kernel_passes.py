@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_line, table, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import command_line, machine_line, table, write_section
 
 logger = logging.getLogger("kernel_passes")
 
@@ -228,8 +228,8 @@ def measure_fits() -> list[dict[str, Any]]:
 
 def measure_uci(max_n: int) -> list[dict[str, Any]]:
     """``RFMClassifier()`` on fold 0 of every UCI-121 set with at most ``max_n`` rows."""
+    from benchmarks.datasets.uci121 import list_uci121, load_uci121
     from rfmdist import RFMClassifier
-    from rfmdist.datasets.uci121 import list_uci121, load_uci121
 
     results = []
     for name in list_uci121():

@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, run_measured, table, write_text_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import machine_line, run_measured, table, write_text_section
 
 logger = logging.getLogger("benchmarks.large")
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_line, peak_rss_mib, table, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import command_line, machine_line, peak_rss_mib, table, write_section
 
 AGOP_SAMPLES = 20_000
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_line, product_task, table, write_section
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import command_line, machine_line, product_task, table, write_section
 from rfmdist import RFMRegressor
 
 N_TRAIN, N_VAL, N_TEST, D = 20_000, 5_000, 10_000, 50

@@ -53,8 +53,15 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import canvas_digits, command_line, machine_line, product_task, table, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.*
+from benchmarks.common import (
+    canvas_digits,
+    command_line,
+    machine_line,
+    product_task,
+    table,
+    write_section,
+)
 
 DEFAULT_SETS = ",".join(
     [
@@ -87,7 +94,7 @@ PLANTED_MSE_TARGET = 0.0121
 
 def split_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Grinsztajn split (70 / 9 / 21 %), training capped at 20,000 rows."""
-    from rfmdist.datasets.grinsztajn import split_grinsztajn
+    from benchmarks.datasets.grinsztajn import split_grinsztajn
 
     return split_grinsztajn(n, seed=seed, max_train=20_000)
 
@@ -133,14 +140,14 @@ def load_task(name: str, seed: int) -> dict[str, Any]:
         )
     kind, set_name = name.split(":", 1)
     if kind in ("g", "o"):
-        from rfmdist.datasets.grinsztajn import load_grinsztajn
+        from benchmarks.datasets.grinsztajn import load_grinsztajn
 
         data = load_grinsztajn(set_name)
         X = data.X if kind == "g" else one_hot(data.X, data.feature_names, ONE_HOT[set_name])
         train, val, test = split_rows(data.n, seed)
         y, task = data.y, data.task
     elif kind == "u":
-        from rfmdist.datasets.uci121 import load_uci121
+        from benchmarks.datasets.uci121 import load_uci121
 
         data = load_uci121(set_name)
         fold_train, test = data.folds[0]

@@ -104,7 +104,7 @@ def _read_uci_local(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.n
 def uci_task(name: str, root: Path) -> Task:
     """Fold 0 of a UCI-121 set, with one-hot targets."""
     try:
-        from rfmdist.datasets.uci121 import load_uci121
+        from benchmarks.datasets.uci121 import load_uci121
 
         ds = load_uci121(name, root)
         X, y = ds.X, ds.y

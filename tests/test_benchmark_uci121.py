@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
 
-from rfmdist.datasets.uci121 import default_data_root
+from benchmarks import uci121 as runner
 
-_RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "uci121.py"
 SETS = ["acute-inflammation", "iris", "fertility"]
 
 
-def _load_runner() -> ModuleType:
-    name = "rfmdist_benchmarks_uci121"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _RUNNER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # worker processes pickle functions by module name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def root() -> Path:
-    path = default_data_root()
-    if not path.is_dir():
-        pytest.fail(
-            f"Data root not found at {path}: set RFMDIST_DATA or place the shared data at "
-            "<repo>/../shared/data (the benchmark test needs the real data and never skips)."
-        )
-    return path
+def root(shared_data: Path) -> Path:
+    """The shared data root (the benchmark test needs the real data and never skips)."""
+    return shared_data
 
 
 def test_runner_three_small_sets(root: Path, tmp_path: Path) -> None:
-    runner = _load_runner()
     out = tmp_path / "results.csv"
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\n<!-- other:begin -->\nkeep me\n<!-- other:end -->\n")
@@ -113,7 +91,6 @@ def test_runner_three_small_sets(root: Path, tmp_path: Path) -> None:
 
 
 def test_summary_counts_ties_for_each() -> None:
-    runner = _load_runner()
     table = pd.DataFrame(
         {
             "dataset": ["a", "a", "b", "b"],

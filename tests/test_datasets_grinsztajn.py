@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfmdist.datasets.grinsztajn import (
+from benchmarks.datasets.grinsztajn import (
     TabularSet,
-    default_data_root,
     list_grinsztajn,
     load_grinsztajn,
     read_grinsztajn_summary,
@@ -20,15 +19,9 @@ from rfmdist.datasets.grinsztajn import (
 
 
 @pytest.fixture(scope="module")
-def root() -> Path:
-    """The default data root; a missing root fails (never skips)."""
-    path = default_data_root()
-    if not path.is_dir():
-        pytest.fail(
-            f"Data root not found at {path}: set RFMDIST_DATA or place the shared data at "
-            "<repo>/../shared/data (the dataset tests need the real data and never skip)."
-        )
-    return path
+def root(shared_data: Path) -> Path:
+    """The shared data root (conftest's ``shared_data``: a missing root fails, never skips)."""
+    return shared_data
 
 
 @pytest.fixture(scope="module")

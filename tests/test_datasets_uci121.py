@@ -7,27 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfmdist.datasets.uci121 import (
+from benchmarks.datasets import default_data_root, resolve_data_root
+from benchmarks.datasets.uci121 import (
     UCISet,
-    default_data_root,
     list_uci121,
     load_uci121,
     read_uci121_meta,
     read_uci121_summary,
-    resolve_data_root,
 )
 
 
 @pytest.fixture(scope="module")
-def root() -> Path:
-    """The default data root; a missing root fails (never skips) with the loader's message."""
-    path = default_data_root()
-    if not path.is_dir():
-        pytest.fail(
-            f"Data root not found at {path}: set RFMDIST_DATA or place the shared data at "
-            "<repo>/../shared/data (the dataset tests need the real data and never skip)."
-        )
-    return path
+def root(shared_data: Path) -> Path:
+    """The shared data root (conftest's ``shared_data``: a missing root fails, never skips)."""
+    return shared_data
 
 
 @pytest.fixture(scope="module")

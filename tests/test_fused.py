@@ -13,9 +13,9 @@ import numba
 import numpy as np
 import pytest
 
+from benchmarks.datasets.uci121 import load_uci121
 from rfmdist import fused
 from rfmdist.agop import GradientOperand, agop_block_sum
-from rfmdist.datasets.uci121 import load_uci121
 from rfmdist.estimators import RFMClassifier
 from rfmdist.kernels import BACKEND_ENV_VAR, kernel_backend, prepare_kernel
 from rfmdist.operators import BlockedKernelOperator, DaskKernelOperator

@@ -6,30 +6,28 @@ target column. A set is named by its folder and stem, e.g. ``"reg_num/abalone"``
 folders hold classification tasks, the ``reg_`` folders regression tasks, ``_num`` numeric features
 only and ``_cat`` numeric plus categorical features (stored already integer-coded in this copy).
 
-The data root is a function argument; its default is the ``RFMDIST_DATA`` environment variable, else
-``<repo>/../shared/data`` (see :func:`rfmdist.datasets.uci121.default_data_root`).
+The data root is a function argument; its default is :func:`benchmarks.datasets.default_data_root`.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from rfmdist.datasets.uci121 import _collection_dir, default_data_root
+from benchmarks.datasets import PathLike, collection_dir, read_summary
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TabularSet",
-    "default_data_root",
     "list_grinsztajn",
     "load_grinsztajn",
+    "normalise_name",
     "read_grinsztajn_summary",
     "split_grinsztajn",
     "standardize",
@@ -41,13 +39,13 @@ _COLLECTION = "grinsztajn"
 Task = Literal["classification", "regression"]
 
 
-def read_grinsztajn_summary(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def read_grinsztajn_summary(root: PathLike | None = None) -> pd.DataFrame:
     """Read ``grinsztajn/SUMMARY.tsv``.
 
     Parameters
     ----------
     root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
+        The data root (None: the default data root).
 
     Returns
     -------
@@ -55,15 +53,9 @@ def read_grinsztajn_summary(root: str | os.PathLike[str] | None = None) -> pd.Da
         One row per set, indexed by name (``"reg_num/abalone"``), with columns ``file`` (the path
         relative to ``grinsztajn/``, without ``.gz``), ``n``, ``d``, ``target_col`` and ``task``.
     """
-    path = _collection_dir(root, _COLLECTION) / "SUMMARY.tsv"
-    table = pd.read_csv(path, sep="\t", dtype={"file": str, "target_col": str})
-    expected = ["file", "n", "d", "target_col"]
-    missing = [c for c in expected if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: expected columns {expected}, found {list(table.columns)}. "
-            "Fix: restore the original SUMMARY.tsv of the data folder."
-        )
+    table = read_summary(
+        root, _COLLECTION, ["file", "n", "d", "target_col"], ["file", "target_col"]
+    )
     table["name"] = table["file"].str.replace(r"\.csv(\.gz)?$", "", regex=True)
     table["task"] = np.where(table["name"].str.startswith("clf_"), "classification", "regression")
     for col in ("n", "d"):
@@ -71,19 +63,9 @@ def read_grinsztajn_summary(root: str | os.PathLike[str] | None = None) -> pd.Da
     return table.set_index("name")[["file", "n", "d", "target_col", "task"]]
 
 
-def list_grinsztajn(root: str | os.PathLike[str] | None = None) -> list[str]:
-    """Return the names of the available Grinsztajn sets, in the order of ``SUMMARY.tsv``.
-
-    Parameters
-    ----------
-    root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
-
-    Returns
-    -------
-    list of str
-        Names such as ``"clf_num/credit"`` or ``"reg_num/abalone"`` (39 in the shared data).
-    """
+def list_grinsztajn(root: PathLike | None = None) -> list[str]:
+    """The names of the sets of :func:`read_grinsztajn_summary` (``"clf_num/credit"``,
+    ``"reg_num/abalone"``, ...: 39 in the shared data), in the order of ``SUMMARY.tsv``."""
     return list(read_grinsztajn_summary(root).index)
 
 
@@ -133,14 +115,15 @@ class TabularSet:
         return int(self.X.shape[1])
 
 
-def _normalise_name(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """A set name as in ``SUMMARY.tsv``: ``"reg_num/abalone.csv.gz"`` -> ``"reg_num/abalone"``."""
     name = name.strip().replace("\\", "/")
     for suffix in (".gz", ".csv"):
         name = name.removesuffix(suffix)
     return name
 
 
-def load_grinsztajn(name: str, root: str | os.PathLike[str] | None = None) -> TabularSet:
+def load_grinsztajn(name: str, root: PathLike | None = None) -> TabularSet:
     """Load one Grinsztajn set.
 
     Every column but the target (``target_col`` of ``SUMMARY.tsv``) is a feature. Numeric and
@@ -157,7 +140,7 @@ def load_grinsztajn(name: str, root: str | os.PathLike[str] | None = None) -> Ta
         The set name from :func:`list_grinsztajn`, e.g. ``"reg_num/abalone"`` (a trailing
         ``.csv`` or ``.csv.gz`` is accepted).
     root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
+        The data root (None: the default data root).
 
     Returns
     -------
@@ -173,7 +156,7 @@ def load_grinsztajn(name: str, root: str | os.PathLike[str] | None = None) -> Ta
         ``SUMMARY.tsv`` or a value is missing / not finite.
     """
     summary = read_grinsztajn_summary(root)
-    key = _normalise_name(name)
+    key = normalise_name(name)
     if key not in summary.index:
         close = difflib.get_close_matches(key, list(summary.index), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -183,7 +166,7 @@ def load_grinsztajn(name: str, root: str | os.PathLike[str] | None = None) -> Ta
             "list_grinsztajn()."
         )
     row = summary.loc[key]
-    folder = _collection_dir(root, _COLLECTION)
+    folder = collection_dir(root, _COLLECTION)
     candidates = [folder / f"{row['file']}.gz", folder / row["file"]]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:

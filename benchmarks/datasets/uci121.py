@@ -18,15 +18,13 @@ Sets with ``fich2=`` (``has_test_file`` in ``SUMMARY.tsv``): all indices point i
 ``fich2`` is not used, so ``UCISet.n`` (rows of ``fich1``) is smaller than the ``n`` of
 ``SUMMARY.tsv``, which counts both files (kept as ``UCISet.n_total``).
 
-The data root is a function argument; its default (:func:`default_data_root`) is the
-``RFMDIST_DATA`` environment variable, else ``<repo>/../shared/data`` located relative to this file.
+The data root is a function argument; its default is :func:`benchmarks.datasets.default_data_root`.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,103 +32,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.datasets import PathLike, collection_dir, read_summary
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DATA_ENV_VAR",
     "UCISet",
-    "default_data_root",
     "list_uci121",
     "load_uci121",
     "read_uci121_meta",
     "read_uci121_summary",
-    "resolve_data_root",
 ]
-
-DATA_ENV_VAR = "RFMDIST_DATA"
-"""Environment variable that overrides the default data root."""
 
 _COLLECTION = "uci121"
 
 
-def default_data_root() -> Path:
-    """Return the default data root.
-
-    Returns
-    -------
-    pathlib.Path
-        ``$RFMDIST_DATA`` when that environment variable is set and non-empty, else
-        ``<repo>/../shared/data`` where ``<repo>`` is the checkout holding this file. The path is
-        not checked for existence (see :func:`resolve_data_root`).
-    """
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data"
-
-
-def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Return ``root`` (or the default data root) after checking that it is a directory.
-
-    Parameters
-    ----------
-    root : str or os.PathLike or None
-        The data root (the folder holding ``uci121/``, ``grinsztajn/``, ...). None means
-        :func:`default_data_root`.
-
-    Returns
-    -------
-    pathlib.Path
-        The existing data root.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder does not exist; the message says how to point rfmdist at the data.
-    """
-    path = default_data_root() if root is None else Path(root).expanduser()
-    if not path.is_dir():
-        source = (
-            "the root argument"
-            if root is not None
-            else (
-                f"${DATA_ENV_VAR}"
-                if os.environ.get(DATA_ENV_VAR, "").strip()
-                else "the default <repo>/../shared/data"
-            )
-        )
-        raise FileNotFoundError(
-            f"Data root not found: expected a directory holding uci121/ and grinsztajn/, found no "
-            f"directory at {path} (from {source}). Fix: set {DATA_ENV_VAR}=/path/to/data, pass "
-            "root=... (--data-root on the command line), or place the data at "
-            "<repo>/../shared/data."
-        )
-    return path
-
-
-def _collection_dir(root: str | os.PathLike[str] | None, collection: str) -> Path:
-    """Return the folder of ``collection`` under the data root (or ``root`` itself if it is it)."""
-    base = resolve_data_root(root)
-    if (base / "SUMMARY.tsv").is_file() and base.name == collection:
-        return base
-    folder = base / collection
-    if not (folder / "SUMMARY.tsv").is_file():
-        raise FileNotFoundError(
-            f"{collection} collection not found: expected {folder / 'SUMMARY.tsv'}, found no such "
-            f"file. Fix: point the data root (root=..., --data-root or ${DATA_ENV_VAR}) at the "
-            f"folder that contains {collection}/."
-        )
-    return folder
-
-
-def read_uci121_summary(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def read_uci121_summary(root: PathLike | None = None) -> pd.DataFrame:
     """Read ``uci121/SUMMARY.tsv``.
 
     Parameters
     ----------
     root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
+        The data root (None: the default data root).
 
     Returns
     -------
@@ -138,39 +61,22 @@ def read_uci121_summary(root: str | os.PathLike[str] | None = None) -> pd.DataFr
         One row per set, indexed by ``name``, with integer columns ``n`` (rows of ``fich1`` plus
         ``fich2`` if any), ``d``, ``classes`` and the boolean column ``has_test_file``.
     """
-    path = _collection_dir(root, _COLLECTION) / "SUMMARY.tsv"
-    table = pd.read_csv(path, sep="\t", dtype={"name": str})
     expected = ["name", "n", "d", "classes", "has_test_file"]
-    missing = [c for c in expected if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: expected columns {expected}, found {list(table.columns)}. "
-            "Fix: restore the original SUMMARY.tsv of the data folder."
-        )
+    table = read_summary(root, _COLLECTION, expected, text=["name"])
     table["has_test_file"] = table["has_test_file"].astype(str).str.lower().eq("true")
     for col in ("n", "d", "classes"):
         table[col] = table[col].astype(np.int64)
     return table.set_index("name")[expected[1:]]
 
 
-def list_uci121(root: str | os.PathLike[str] | None = None) -> list[str]:
-    """Return the names of the available UCI sets, in the order of ``SUMMARY.tsv``.
-
-    Parameters
-    ----------
-    root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
-
-    Returns
-    -------
-    list of str
-        The set names (120 in the shared data: miniboone is missing).
-    """
+def list_uci121(root: PathLike | None = None) -> list[str]:
+    """The names of the sets of :func:`read_uci121_summary` (120 in the shared data: miniboone
+    is missing), in the order of ``SUMMARY.tsv``."""
     return list(read_uci121_summary(root).index)
 
 
-def _set_dir(name: str, root: str | os.PathLike[str] | None) -> Path:
-    folder = _collection_dir(root, _COLLECTION)
+def _set_dir(name: str, root: PathLike | None) -> Path:
+    folder = collection_dir(root, _COLLECTION)
     set_dir = folder / name
     if not set_dir.is_dir():
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -183,7 +89,7 @@ def _set_dir(name: str, root: str | os.PathLike[str] | None) -> Path:
     return set_dir
 
 
-def read_uci121_meta(name: str, root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+def read_uci121_meta(name: str, root: PathLike | None = None) -> dict[str, str]:
     """Parse ``NAME/NAME.txt`` (the ``key= value`` description of a set).
 
     Parameters
@@ -191,7 +97,7 @@ def read_uci121_meta(name: str, root: str | os.PathLike[str] | None = None) -> d
     name : str
         The set name, e.g. ``"iris"``.
     root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
+        The data root (None: the default data root).
 
     Returns
     -------
@@ -317,7 +223,7 @@ def _check_disjoint(a: np.ndarray, b: np.ndarray, what: str, path: Path) -> None
         )
 
 
-def load_uci121(name: str, root: str | os.PathLike[str] | None = None) -> UCISet:
+def load_uci121(name: str, root: PathLike | None = None) -> UCISet:
     """Load one UCI set with its validation split and its 4 evaluation folds.
 
     Parameters
@@ -325,7 +231,7 @@ def load_uci121(name: str, root: str | os.PathLike[str] | None = None) -> UCISet
     name : str
         The set name (see :func:`list_uci121`), e.g. ``"iris"``.
     root : str or os.PathLike or None
-        The data root (None: :func:`default_data_root`).
+        The data root (None: the default data root).
 
     Returns
     -------
