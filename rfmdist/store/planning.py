@@ -14,7 +14,10 @@ them. A plan's file operations happen later, through the plan, at these moments 
   after its first round committed in this fit; it then goes on writing at ``path``. So a fit that
   fails before its first round (bad ``X``, a crash in round 0) leaves the interrupted run at ``path``
   as it was, and from the first round on ``path`` holds the new run, as it would have without the
-  detour; a ``.partial`` that is present is always the newer run, and ``resume=True`` continues it;
+  detour; a ``.partial`` that is present is always the newer run, and ``resume=True`` continues it.
+  (Writing at ``.partial`` until the run completes would instead keep two runs at the path for the
+  whole fit, the old one being what ``path`` shows to ``rfmdist inspect`` and to a fit without
+  flags, though it is not what ``resume=True`` continues.)
 - a run that replaces a *complete* model (``overwrite=True``) stays at ``<path>.partial`` until it
   completes, and is moved over the model by :meth:`RunPlan.complete` (an interrupted one stays there,
   and ``resume=True`` continues it);

@@ -63,7 +63,7 @@ class StoredRun:
     Attributes
     ----------
     attrs : dict
-        All attributes (see the module docstring).
+        All attributes (see :mod:`rfmdist.store`).
     params : dict
         ``set_params`` keywords.
     machine : KernelMachine or None
