@@ -452,8 +452,11 @@ class _RFMBase(BaseEstimator):
             its last committed round; a complete store is loaded without refitting; with no run there
             a new one starts.
         overwrite : bool, default=False
-            Replace a model at ``store``: the new run is written beside it (``<store>.partial``) and
-            moved over it only when it completes. Without it an existing store is refused.
+            Replace a model or an interrupted run at ``store``: the new run is written beside it
+            (``<store>.partial``) and moved over a model only when it completes, over an interrupted
+            run once its first round is committed (:mod:`rfmdist.store.planning`); nothing at
+            ``store`` is touched before the data is checked. Without it an existing store is
+            refused.
         progress : FitProgress, optional
             Told of every round's start and end and of every CG iteration, with the iterations and
             seconds predicted to be left (:mod:`rfmdist.progress`; e.g. ``TerminalProgress()``).
