@@ -21,8 +21,7 @@ Usage::
         [--seed 0] [--max-train 10000] [--rf-trees 300] [--max-centers M] [--threads 1]
         [--note TEXT]
     python benchmarks/grinsztajn.py --merge a.csv[,b.csv] [--results-md ...] [--note TEXT]
-
-(or ``python -m benchmarks.grinsztajn ...`` from the repository root).
+    python -m benchmarks.grinsztajn ...  # the same, from the repository root
 """
 
 from __future__ import annotations
@@ -38,35 +37,16 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: python benchmarks/grinsztajn.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.datasets.grinsztajn import (
-    load_grinsztajn,
-    normalise_name,
-    read_grinsztajn_summary,
-    split_grinsztajn,
-    standardize,
-    standardize_target,
-)
+from benchmarks.datasets import grinsztajn as data
 from benchmarks.runner import Collection, SetRun, methods_text, run_values
 
 __all__ = ["CSV_COLUMNS", "MAX_TRAIN", "main"]
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "task",
-    "n",
-    "d",
-    "n_train",
-    "n_val",
-    "n_test",
-    "method",
-    "chosen_params",
-    "val_metric",
-    "val_score",
-    "test_metric",
-    "test_score",
-    "seconds",
-    "error",
+CSV_COLUMNS = tuple(
+    "dataset task n d n_train n_val n_test method chosen_params val_metric val_score test_metric "
+    "test_score seconds error".split()
 )
+"""The CSV's columns."""
 MAX_TRAIN = 10_000
 """The benchmark's cap on the training rows."""
 
@@ -100,7 +80,7 @@ class Grinsztajn(Collection):
 
     def read_summary(self, root: Path) -> pd.DataFrame:
         """``grinsztajn/SUMMARY.tsv``."""
-        return read_grinsztajn_summary(root)
+        return data.read_grinsztajn_summary(root)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """``--max-train``."""
@@ -112,17 +92,17 @@ class Grinsztajn(Collection):
 
     def set_name(self, text: str) -> str:
         """``"reg_num/abalone.csv.gz"`` -> ``"reg_num/abalone"``."""
-        return normalise_name(text)
+        return data.normalise_name(text)
 
     def prepare(self, name: str, root: Path, *, seed: int, max_train: int = MAX_TRAIN) -> SetRun:
         """One set, split with ``seed``, standardised on its training rows."""
         import rfmdist
 
-        ds = load_grinsztajn(name, root)
-        train, val, test_idx = split_grinsztajn(ds.n, seed=seed, max_train=max_train)
+        ds = data.load_grinsztajn(name, root)
+        train, val, test_idx = data.split_grinsztajn(ds.n, seed=seed, max_train=max_train)
         classification = ds.task == "classification"
-        X, _, _ = standardize(ds.X, train)
-        y = ds.y if classification else standardize_target(ds.y, train)[0]
+        X, _, _ = data.standardize(ds.X, train)
+        y = ds.y if classification else data.standardize_target(ds.y, train)[0]
 
         def test(make: Callable[[], Any], fitted: Any = None) -> dict[str, Any]:
             est = fitted if fitted is not None else make().fit(X[train], y[train])

@@ -23,7 +23,7 @@ Usage::
         [--max-centers M] [--threads 1] [--note TEXT]
     python benchmarks/uci121.py --merge out1.csv,out2.csv [--results-md ...] [--note TEXT]
 
-(or ``python -m benchmarks.uci121 ...`` from the repository root).
+or ``python -m benchmarks.uci121`` with the same options from the repository root.
 """
 
 from __future__ import annotations
@@ -56,19 +56,11 @@ from benchmarks.runner import (
 
 __all__ = ["CSV_COLUMNS", "DEFAULTS_METHOD", "MAX_ROUNDS", "METHODS", "REGS", "main", "summarize"]
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "dataset",
-    "n",
-    "d",
-    "n_classes",
-    "method",
-    "chosen_params",
-    "val_acc",
-    "test_acc_mean",
-    "test_acc_folds",
-    "seconds",
-    "error",
+CSV_COLUMNS = tuple(
+    "dataset n d n_classes method chosen_params val_acc test_acc_mean test_acc_folds seconds "
+    "error".split()
 )
+"""The CSV's columns."""
 
 PAPER_COMPARISON = """\
 ### Comparison with the RFM paper
@@ -143,16 +135,8 @@ class UCI121(Collection):
         def defaults() -> tuple[dict[str, Any], float, dict[str, Any]]:
             return {}, np.nan, test(lambda: rfmdist.RFMClassifier(random_state=seed))
 
-        return SetRun(
-            base={"dataset": name, "n": ds.n, "d": ds.d, "n_classes": ds.n_classes},
-            X=ds.X,
-            y=ds.y,
-            train=ds.train_idx,
-            val=ds.val_idx,
-            classification=True,
-            test=test,
-            defaults=defaults,
-        )
+        base = {"dataset": name, "n": ds.n, "d": ds.d, "n_classes": ds.n_classes}
+        return SetRun(base, ds.X, ds.y, ds.train_idx, ds.val_idx, True, test, defaults)
 
     def protocol(self, runs: Sequence[dict[str, Any]]) -> str:
         """The paper's protocol and the grids."""

@@ -38,3 +38,9 @@ def product_task(n: int, d: int, seed: int, noise: float = 0.01) -> tuple[np.nda
     X = gen.normal(size=(n, d))
     y = X[:, 0] * X[:, 1] + noise * gen.normal(size=n)
     return X, y
+
+
+@pytest.fixture(scope="session")
+def root(shared_data: Path) -> Path:
+    """``shared_data`` by the name the dataset and benchmark tests take it (fails, never skips)."""
+    return shared_data

@@ -14,12 +14,6 @@ from benchmarks import uci121 as runner
 SETS = ["acute-inflammation", "iris", "fertility"]
 
 
-@pytest.fixture(scope="module")
-def root(shared_data: Path) -> Path:
-    """The shared data root (the benchmark test needs the real data and never skips)."""
-    return shared_data
-
-
 def test_runner_three_small_sets(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     md = tmp_path / "RESULTS.md"

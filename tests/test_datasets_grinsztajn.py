@@ -19,14 +19,9 @@ from benchmarks.datasets.grinsztajn import (
 
 
 @pytest.fixture(scope="module")
-def root(shared_data: Path) -> Path:
-    """The shared data root (conftest's ``shared_data``: a missing root fails, never skips)."""
-    return shared_data
-
-
-@pytest.fixture(scope="module")
 def all_sets(root: Path) -> dict[str, TabularSet]:
-    """Every set, parsed once for the module."""
+    """Every set, parsed once for the module (the 39 gzip CSVs: the slow part of these
+    tests)."""
     return {name: load_grinsztajn(name, root) for name in list_grinsztajn(root)}
 
 

@@ -18,12 +18,6 @@ from benchmarks.datasets.uci121 import (
 
 
 @pytest.fixture(scope="module")
-def root(shared_data: Path) -> Path:
-    """The shared data root (conftest's ``shared_data``: a missing root fails, never skips)."""
-    return shared_data
-
-
-@pytest.fixture(scope="module")
 def all_sets(root: Path) -> dict[str, UCISet]:
     """Every set, parsed once for the module."""
     return {name: load_uci121(name, root) for name in list_uci121(root)}

@@ -7,24 +7,50 @@ variable, else ``<repo>/../shared/data`` beside this checkout.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
     "DATA_ENV_VAR",
     "collection_dir",
     "default_data_root",
+    "did_you_mean",
     "read_summary",
     "resolve_data_root",
+    "summary_row",
 ]
 
 DATA_ENV_VAR = "RFMDIST_DATA"
 """Environment variable that overrides the default data root."""
 
 PathLike = str | os.PathLike[str]
+
+
+class FeatureMatrix:
+    """``n`` and ``d`` of a loaded set, from its feature matrix ``X`` of shape (n, d)."""
+
+    X: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of rows of ``X``."""
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Number of features."""
+        return int(self.X.shape[1])
+
+
+def did_you_mean(name: str, names: Sequence[str]) -> str:
+    """`` Did you mean a, b?`` with the names closest to ``name`` ("" when none is close)."""
+    close = difflib.get_close_matches(name, list(names), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
 
 
 def default_data_root() -> Path:
@@ -136,3 +162,34 @@ def read_summary(
             "Fix: restore the original SUMMARY.tsv of the data folder."
         )
     return table
+
+
+def summary_row(
+    summary: pd.DataFrame, name: str, *, key: str, label: str, lister: str
+) -> pd.Series:
+    """The ``SUMMARY.tsv`` row of one set; an unknown name raises with the closest names.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        The collection's summary, indexed by set name.
+    name : str
+        The name as the caller gave it (for the message).
+    key : str
+        The name as in ``SUMMARY.tsv``.
+    label : str
+        What a set is called in the message, e.g. ``"UCI set"``.
+    lister : str
+        The function that lists the names, e.g. ``"list_uci121()"``.
+
+    Returns
+    -------
+    pandas.Series
+        The set's row.
+    """
+    if key not in summary.index:
+        raise ValueError(
+            f"{label} {name!r}: expected one of the {len(summary)} names of SUMMARY.tsv, found no "
+            f"such name.{did_you_mean(key, summary.index)} Fix: use a name from {lister}."
+        )
+    return summary.loc[key]

@@ -11,7 +11,6 @@ The data root is a function argument; its default is :func:`benchmarks.datasets.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -19,40 +18,20 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from benchmarks.datasets import PathLike, collection_dir, read_summary
+from benchmarks.datasets import FeatureMatrix, PathLike, collection_dir, read_summary, summary_row
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "TabularSet",
-    "list_grinsztajn",
-    "load_grinsztajn",
-    "normalise_name",
-    "read_grinsztajn_summary",
-    "split_grinsztajn",
-    "standardize",
-    "standardize_target",
-]
-
 _COLLECTION = "grinsztajn"
+_LISTER = "list_grinsztajn() (e.g. 'reg_num/abalone')"
 
 Task = Literal["classification", "regression"]
 
 
 def read_grinsztajn_summary(root: PathLike | None = None) -> pd.DataFrame:
-    """Read ``grinsztajn/SUMMARY.tsv``.
-
-    Parameters
-    ----------
-    root : str or os.PathLike or None
-        The data root (None: the default data root).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per set, indexed by name (``"reg_num/abalone"``), with columns ``file`` (the path
-        relative to ``grinsztajn/``, without ``.gz``), ``n``, ``d``, ``target_col`` and ``task``.
-    """
+    """The table ``grinsztajn/SUMMARY.tsv`` of the data root ``root`` (None: the default root),
+    one row per set, indexed by name (``"reg_num/abalone"``), with columns ``file`` (the path
+    relative to ``grinsztajn/``, without ``.gz``), ``n``, ``d``, ``target_col`` and ``task``."""
     table = read_summary(
         root, _COLLECTION, ["file", "n", "d", "target_col"], ["file", "target_col"]
     )
@@ -70,7 +49,7 @@ def list_grinsztajn(root: PathLike | None = None) -> list[str]:
 
 
 @dataclass(frozen=True, eq=False)
-class TabularSet:
+class TabularSet(FeatureMatrix):
     """One tabular set of the Grinsztajn benchmark.
 
     Attributes
@@ -103,16 +82,6 @@ class TabularSet:
     target: str
     classes: np.ndarray | None
     encoded_columns: tuple[str, ...] = ()
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.X.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Number of features."""
-        return int(self.X.shape[1])
 
 
 def normalise_name(name: str) -> str:
@@ -157,15 +126,7 @@ def load_grinsztajn(name: str, root: PathLike | None = None) -> TabularSet:
     """
     summary = read_grinsztajn_summary(root)
     key = normalise_name(name)
-    if key not in summary.index:
-        close = difflib.get_close_matches(key, list(summary.index), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Grinsztajn set {name!r}: expected one of the {len(summary)} names of SUMMARY.tsv "
-            f"(e.g. 'reg_num/abalone'), found no such name.{hint} Fix: use a name from "
-            "list_grinsztajn()."
-        )
-    row = summary.loc[key]
+    row = summary_row(summary, name, key=key, label="Grinsztajn set", lister=_LISTER)
     folder = collection_dir(root, _COLLECTION)
     candidates = [folder / f"{row['file']}.gz", folder / row["file"]]
     path = next((p for p in candidates if p.is_file()), None)

@@ -23,7 +23,6 @@ The data root is a function argument; its default is :func:`benchmarks.datasets.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from dataclasses import dataclass
@@ -32,17 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.datasets import PathLike, collection_dir, read_summary
+from benchmarks.datasets import (
+    FeatureMatrix,
+    PathLike,
+    collection_dir,
+    did_you_mean,
+    read_summary,
+    summary_row,
+)
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "UCISet",
-    "list_uci121",
-    "load_uci121",
-    "read_uci121_meta",
-    "read_uci121_summary",
-]
 
 _COLLECTION = "uci121"
 
@@ -79,9 +77,7 @@ def _set_dir(name: str, root: PathLike | None) -> Path:
     folder = collection_dir(root, _COLLECTION)
     set_dir = folder / name
     if not set_dir.is_dir():
-        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, sorted(p.name for p in folder.iterdir() if p.is_dir()))
         raise FileNotFoundError(
             f"UCI set {name!r}: expected a folder {set_dir}, found none.{hint} "
             "Fix: use a name from list_uci121()."
@@ -132,7 +128,7 @@ def read_uci121_meta(name: str, root: PathLike | None = None) -> dict[str, str]:
 
 
 @dataclass(frozen=True, eq=False)
-class UCISet:
+class UCISet(FeatureMatrix):
     """One UCI classification set with its validation split and its 4 folds.
 
     Attributes
@@ -164,16 +160,6 @@ class UCISet:
     folds: tuple[tuple[np.ndarray, np.ndarray], ...]
     n_total: int
     has_test_file: bool
-
-    @property
-    def n(self) -> int:
-        """Number of rows of ``X``."""
-        return int(self.X.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Number of features."""
-        return int(self.X.shape[1])
 
 
 def _read_index_lines(path: Path, n_lines: int, n: int, name: str) -> list[np.ndarray]:
@@ -246,14 +232,7 @@ def load_uci121(name: str, root: PathLike | None = None) -> UCISet:
         If shapes, classes or indices disagree with ``SUMMARY.tsv`` / ``NAME.txt``.
     """
     summary = read_uci121_summary(root)
-    if name not in summary.index:
-        close = difflib.get_close_matches(name, list(summary.index), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"UCI set {name!r}: expected one of the {len(summary)} names of SUMMARY.tsv, found "
-            f"no such name.{hint} Fix: use a name from list_uci121()."
-        )
-    row = summary.loc[name]
+    row = summary_row(summary, name, key=name, label="UCI set", lister="list_uci121()")
     set_dir = _set_dir(name, root)
     meta = read_uci121_meta(name, root)
     d = int(meta["n_entradas"])
