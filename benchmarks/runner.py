@@ -306,28 +306,31 @@ def estimator_factories(
 
     import rfmdist
 
-    kind = "Classifier" if classification else "Regressor"
+    if classification:
+        rfm, forest, boosting = (
+            rfmdist.RFMClassifier,
+            ensemble.RandomForestClassifier,
+            ensemble.HistGradientBoostingClassifier,
+        )
+    else:
+        rfm, forest, boosting = (
+            rfmdist.RFMRegressor,
+            ensemble.RandomForestRegressor,
+            ensemble.HistGradientBoostingRegressor,
+        )
+    centers = "auto" if max_centers is None else max_centers
     return {
         "rfm": partial(
-            getattr(rfmdist, f"RFM{kind}"),
-            centers="auto" if max_centers is None else max_centers,
+            rfm,
+            centers=centers,
             kernel="laplace",
             bandwidth=BANDWIDTH,
             standardize=False,
             random_state=seed,
             dtype="float64",
         ),
-        "random_forest": partial(
-            getattr(ensemble, f"RandomForest{kind}"),
-            n_estimators=rf_trees,
-            n_jobs=1,
-            random_state=seed,
-        ),
-        "hist_gb": partial(
-            getattr(ensemble, f"HistGradientBoosting{kind}"),
-            early_stopping=False,
-            random_state=seed,
-        ),
+        "random_forest": partial(forest, n_estimators=rf_trees, n_jobs=1, random_state=seed),
+        "hist_gb": partial(boosting, early_stopping=False, random_state=seed),
     }
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ (with its loaders) is a package of the checkout only
+    sys.path.insert(0, str(REPO))
 
 
 def data_root() -> Path:
