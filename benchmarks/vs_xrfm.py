@@ -109,35 +109,25 @@ def one_hot(X: np.ndarray, names: tuple[str, ...], columns: tuple[str, ...]) -> 
     return np.hstack(parts)
 
 
+def _task(
+    parts: list[tuple[np.ndarray, np.ndarray]], task: str, *, tabular: bool
+) -> dict[str, Any]:
+    """The task of the (X, y) pairs of the training, validation and test parts."""
+    (X, y), (X_val, y_val), (X_test, y_test) = parts
+    arrays = {"X": X, "y": y, "X_val": X_val, "y_val": y_val, "X_test": X_test, "y_test": y_test}
+    return {**arrays, "task": task, "tabular": tabular}
+
+
 def load_task(name: str, seed: int) -> dict[str, Any]:
     """Features and targets of one set: X, y, X_val, y_val, X_test, y_test, task, tabular."""
     if name == "planted":
-        X, y = product_task(20_000, 50, seed=seed)
-        X_val, y_val = product_task(5_000, 50, seed=seed + 1)
-        X_test, y_test = product_task(10_000, 50, seed=seed + 2)
-        return dict(
-            X=X,
-            y=y,
-            X_val=X_val,
-            y_val=y_val,
-            X_test=X_test,
-            y_test=y_test,
-            task="regression",
-            tabular=True,
-        )
+        sizes = (20_000, 5_000, 10_000)
+        parts = [product_task(n, 50, seed=seed + k) for k, n in enumerate(sizes)]
+        return _task(parts, "regression", tabular=True)
     if name in ("canvas", "canvas28"):  # digits on a 14 x 14 (d = 196) or 28 x 28 (d = 784) canvas
         X, y, digit = canvas_digits(copies=5, size=28 if name == "canvas28" else 14, seed=seed)
         train, val, test = (np.isin(digit, part) for part in split_rows(int(digit.max()) + 1, seed))
-        return dict(
-            X=X[train],
-            y=y[train],
-            X_val=X[val],
-            y_val=y[val],
-            X_test=X[test],
-            y_test=y[test],
-            task="classification",
-            tabular=False,
-        )
+        return _task([(X[p], y[p]) for p in (train, val, test)], "classification", tabular=False)
     kind, set_name = name.split(":", 1)
     if kind in ("g", "o"):
         from benchmarks.datasets.grinsztajn import load_grinsztajn
@@ -159,16 +149,7 @@ def load_task(name: str, seed: int) -> dict[str, Any]:
         raise ValueError(
             f"Expected a set name like planted, canvas, g:..., o:... or u:..., found {name!r}"
         )
-    return dict(
-        X=X[train],
-        y=y[train],
-        X_val=X[val],
-        y_val=y[val],
-        X_test=X[test],
-        y_test=y[test],
-        task=task,
-        tabular=True,
-    )
+    return _task([(X[p], y[p]) for p in (train, val, test)], task, tabular=True)
 
 
 def score(task: str, pred: np.ndarray, truth: np.ndarray) -> float:
