@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/grinsztajn.p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.datasets import grinsztajn as data
-from benchmarks.runner import Collection, SetRun, methods_text, run_values
+from benchmarks.runner import RF_N_ESTIMATORS, Collection, SetRun, methods_text, run_values
 
 __all__ = ["CSV_COLUMNS", "MAX_TRAIN", "main"]
 
@@ -158,7 +158,7 @@ class Grinsztajn(Collection):
             "z-scored on the training rows; hyper-parameters chosen on validation (accuracy, or "
             "MSE for regression); test accuracy (classification) or R² (regression). "
             + methods_text(
-                run_values(runs, "rf_trees", 300),
+                run_values(runs, "rf_trees", RF_N_ESTIMATORS),
                 run_values(runs, "max_centers", "auto (exact up to 20,000 rows)"),
             )
         )

@@ -47,6 +47,7 @@ from benchmarks.runner import (
     MAX_ROUNDS,
     METHODS,
     REGS,
+    RF_N_ESTIMATORS,
     Collection,
     SetRun,
     methods_text,
@@ -140,7 +141,7 @@ class UCI121(Collection):
 
     def protocol(self, runs: Sequence[dict[str, Any]]) -> str:
         """The paper's protocol and the grids."""
-        trees = "/".join(sorted(run_values(runs, "rf_trees", 300).split("/"), key=int))
+        trees = "/".join(sorted(run_values(runs, "rf_trees", RF_N_ESTIMATORS).split("/"), key=int))
         return (
             "hyper-parameters chosen on the conxuntos.dat train/validation split, accuracy = mean "
             "test accuracy over the 4 conxuntos_kfold.dat folds. " + methods_text(trees)

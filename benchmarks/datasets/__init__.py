@@ -17,6 +17,8 @@ import pandas as pd
 
 __all__ = [
     "DATA_ENV_VAR",
+    "FeatureMatrix",
+    "PathLike",
     "collection_dir",
     "default_data_root",
     "did_you_mean",
@@ -29,6 +31,7 @@ DATA_ENV_VAR = "RFMDIST_DATA"
 """Environment variable that overrides the default data root."""
 
 PathLike = str | os.PathLike[str]
+"""A path given as a string or a path object."""
 
 
 class FeatureMatrix:
