@@ -207,8 +207,8 @@ def add_estimator_options(group: Any) -> None:
 
 
 def estimator_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The estimator parameters of the given options (those left out keep the estimators'
-    defaults), checked against the parameter table; ``device`` from ``--gpus``.
+    """The estimator parameters of the given options, checked against the parameter table; those
+    left out take the estimators' defaults (read from their signature); ``device`` from ``--gpus``.
 
     Raises
     ------
@@ -218,6 +218,5 @@ def estimator_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {"device": "gpu" if getattr(args, "gpus", None) else "cpu"}
     for option in estimator_options():
         value = getattr(args, option.dest, None)
-        if value is not None:
-            params[option.param] = option.parse(value)
+        params[option.param] = option.default if value is None else option.parse(value)
     return params
