@@ -37,8 +37,11 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: python benchmarks/grinsztajn.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import runner
+from benchmarks.collection import Collection, SetRun
 from benchmarks.datasets import grinsztajn as data
-from benchmarks.runner import RF_N_ESTIMATORS, Collection, SetRun, methods_text, run_values
+from benchmarks.report import run_values
+from benchmarks.selection import RF_N_ESTIMATORS, methods_text
 
 __all__ = ["CSV_COLUMNS", "MAX_TRAIN", "main"]
 
@@ -171,7 +174,7 @@ class Grinsztajn(Collection):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or ``--merge``); see the module docstring. Returns the exit status."""
-    return Grinsztajn().main(argv)
+    return runner.main(Grinsztajn(), argv)
 
 
 if __name__ == "__main__":

@@ -41,18 +41,17 @@ from sklearn.metrics import accuracy_score
 if __package__ in (None, ""):  # run as a script: python benchmarks/uci121.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import runner
+from benchmarks.collection import Collection, SetRun
 from benchmarks.datasets.uci121 import load_uci121, read_uci121_meta, read_uci121_summary
-from benchmarks.runner import (
+from benchmarks.report import run_values, summarize
+from benchmarks.selection import (
     DEFAULTS_METHOD,
     MAX_ROUNDS,
     METHODS,
     REGS,
     RF_N_ESTIMATORS,
-    Collection,
-    SetRun,
     methods_text,
-    run_values,
-    summarize,
 )
 
 __all__ = ["CSV_COLUMNS", "DEFAULTS_METHOD", "MAX_ROUNDS", "METHODS", "REGS", "main", "summarize"]
@@ -154,7 +153,7 @@ class UCI121(Collection):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or ``--merge``); see the module docstring. Returns the exit status."""
-    return UCI121().main(argv)
+    return runner.main(UCI121(), argv)
 
 
 if __name__ == "__main__":
