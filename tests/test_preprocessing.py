@@ -6,30 +6,18 @@ estimator's own preprocessing against the preprocessing it should amount to.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
+from benchmarks.common import canvas_digits as benchmark_canvas_digits
 from rfmdist import RFMClassifier, RFMRegressor
 from rfmdist.model import Standardizer, feature_scales
 
 
-def _benchmark_common() -> ModuleType:
-    """``benchmarks/common.py`` (the canvas builder the vs_xrfm benchmark uses)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
-    spec = importlib.util.spec_from_file_location("rfmdist_benchmarks_common", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def canvas_digits(copies: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The benchmark's digit canvas (14 x 14, seed 0), ``copies`` placements of each digit."""
-    return _benchmark_common().canvas_digits(copies=copies, size=14, seed=0)
+    """The digit canvas of the vs_xrfm benchmark (``benchmarks/common.py``; 14 x 14, seed 0),
+    ``copies`` placements of each digit."""
+    return benchmark_canvas_digits(copies=copies, size=14, seed=0)
 
 
 def test_pixels_keep_their_range_and_the_plain_kernel_keeps_its_accuracy():
