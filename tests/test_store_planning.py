@@ -32,14 +32,24 @@ REFUSE_RUNNING = (
     r"Expected no run at .*, found an interrupted fit \(3 rounds committed\); resume it with "
     r"fit\(X, y, store=path, resume=True\).*, or pass overwrite=True to start over\.",
 )
+REFUSE_PARTIAL_RUN = (
+    FileExistsError,
+    r"Expected nothing at .*\.partial' beside the new store, found an interrupted fit; pass "
+    r"resume=True to continue \(or move into place\) that run, overwrite=True to discard it",
+)
+REFUSE_PARTIAL_MODEL = (
+    FileExistsError,
+    r"Expected nothing at .*\.partial' beside the new store, found a complete model left by a "
+    r"replacement that did not finish; pass resume=True",
+)
 FIRST, DONE = "after_first_commit", "on_complete"
 
 # (at path, at .partial, resume, overwrite) -> (mode, work, clear .partial, replace path) or refusal.
 RUN_TABLE = [
     # resume=False, overwrite=False
     (None, None, False, False, ("fresh", "path", False, None)),
-    (None, "running", False, False, ("fresh", "path", True, None)),
-    (None, "complete", False, False, ("fresh", "path", True, None)),
+    (None, "running", False, False, REFUSE_PARTIAL_RUN),
+    (None, "complete", False, False, REFUSE_PARTIAL_MODEL),
     ("running", None, False, False, REFUSE_RUNNING),
     ("running", "running", False, False, REFUSE_RUNNING),
     ("running", "complete", False, False, REFUSE_RUNNING),

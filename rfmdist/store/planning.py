@@ -201,8 +201,9 @@ def decide_run(
       into place at :meth:`RunPlan.complete`); a running ``.partial`` is continued; else a run in
       progress at ``target`` is continued, a complete model there is loaded as is, and with nothing to
       resume a new run starts at ``target``.
-    - otherwise: with nothing at ``target`` a new run starts there; with a run or model there the fit
-      is refused without ``overwrite``, and with it a new run starts at ``<target>.partial``, which
+    - otherwise: with nothing at ``target`` (nor at ``<target>.partial``, unless ``overwrite``) a new
+      run starts there; with a run or model there, or a run or model at ``<target>.partial`` with
+      nothing at ``target``, the fit is refused without ``overwrite``, and with it a new run starts at ``<target>.partial``, which
       replaces an interrupted run after its first committed round and a complete model when it
       completes.
 
@@ -226,7 +227,8 @@ def decide_run(
     Raises
     ------
     FileExistsError
-        A model or run is at ``target`` and neither ``resume`` nor ``overwrite`` was given.
+        A model or run is at ``target`` (or, with nothing at ``target``, at ``<target>.partial``)
+        and neither ``resume`` nor ``overwrite`` was given.
     StoreError
         A status other than None, 'running' or 'complete' (an edited store).
     """
@@ -260,6 +262,17 @@ def decide_run(
             f"Expected no run at {target.url!r}, found an interrupted fit "
             f"({target_rounds} rounds committed); {RESUME_HINT}, or pass overwrite=True "
             "to start over."
+        )
+    if partial_status is not None and target_status is None and not overwrite:
+        found = (
+            "a complete model left by a replacement that did not finish"
+            if partial_status == "complete"
+            else "an interrupted fit"
+        )
+        raise FileExistsError(
+            f"Expected nothing at {partial.url!r} beside the new store, found {found}; pass "
+            "resume=True to continue (or move into place) that run, overwrite=True to discard it, "
+            "or choose another path."
         )
     stale = partial_status is not None
     if target_status is None:
