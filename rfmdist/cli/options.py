@@ -186,24 +186,20 @@ def parameter_help(doc: str) -> dict[str, str]:
 def add_estimator_options(group: Any) -> None:
     """Add every estimator option to an ``argparse`` group (defaults None: not given)."""
     for option in estimator_options():
-        default = (
-            _word(option.default).strip("'") if option.default is not None else (option.none_word)
-        )
-        help_text = f"{option.help} Accepts {option.accepted()}; default: {default}.".replace(
-            "%", "%%"
-        )
+        default = option.none_word if option.default is None else _word(option.default).strip("'")
         if option.is_flag:
-            group.add_argument(
-                option.flag,
-                dest=option.dest,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{option.help} Default: {default}.".replace("%", "%%"),
-            )
+            kwargs = {"action": argparse.BooleanOptionalAction}
+            help_text = f"{option.help} Default: {default}."
         else:
-            group.add_argument(
-                option.flag, dest=option.dest, default=None, metavar="VALUE", help=help_text
-            )
+            kwargs = {"metavar": "VALUE"}
+            help_text = f"{option.help} Accepts {option.accepted()}; default: {default}."
+        group.add_argument(
+            option.flag,
+            dest=option.dest,
+            default=None,
+            help=help_text.replace("%", "%%"),  # argparse formats help with %
+            **kwargs,
+        )
 
 
 def estimator_params(args: argparse.Namespace) -> dict[str, Any]:
