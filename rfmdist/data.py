@@ -3,10 +3,10 @@
 The one ingestion layer of the estimators and the command line: both open Zarr stores with
 :func:`open_zarr`, refuse non-numeric columns with :func:`check_numeric_columns` and non-finite rows
 with :func:`non_finite_error` (the command line's file formats are read by :mod:`rfmdist.io`, which
-calls these). Every check raises an error that says what was expected, what was found and how to fix it. In-memory
-inputs go through scikit-learn's ``validate_data`` (feature names, ``n_features_in_``); Dask inputs are
-checked on their metadata (row chunks only, known chunk sizes, numeric dtype) and for finiteness in the
-same pass that computes the standardisation statistics.
+calls these). Every check raises an error that says what was expected, what was found and how to fix
+it. In-memory inputs go through scikit-learn's ``validate_data`` (feature names,
+``n_features_in_``); Dask inputs are checked on their metadata (row chunks only, known chunk sizes,
+numeric dtype) and for finiteness in the same pass that computes the standardisation statistics.
 """
 
 from __future__ import annotations
@@ -191,11 +191,6 @@ def check_numeric_columns(dtypes: Any, *, where: str = "", fix: str = "") -> Non
             f"{dtypes[bad[0]]}); encode them first, e.g. with pandas.get_dummies or "
             f"sklearn.preprocessing.OrdinalEncoder{fix}."
         )
-
-
-def check_non_numeric_frame(X: Any) -> None:
-    """Refuse a pandas DataFrame with non-numeric columns, naming them."""
-    check_numeric_columns(X.dtypes)
 
 
 def non_finite_error(where: str, bad_rows: int) -> ValueError:

@@ -37,7 +37,7 @@ from rfmdist.data import (
     check_finite,
     check_length_match,
     check_min_samples,
-    check_non_numeric_frame,
+    check_numeric_columns,
     check_one_dimensional,
     is_dask_array,
     is_dataframe,
@@ -386,7 +386,7 @@ class _RFMBase(BaseEstimator):
             check_finite(X)
             return X
         if is_dataframe(X):
-            check_non_numeric_frame(X)
+            check_numeric_columns(X.dtypes)
         if not reset:
             self._check_fitted()
             shape = getattr(X, "shape", None)
@@ -659,7 +659,7 @@ class _RFMBase(BaseEstimator):
             check_finite(X, name="X_val")
             return X
         if is_dataframe(X):
-            check_non_numeric_frame(X)
+            check_numeric_columns(X.dtypes)
         arr = (
             np.asarray(X, dtype=np.float64)
             if not hasattr(X, "dtype") or X.dtype.kind != "f"

@@ -305,7 +305,11 @@ def _open_frame(
         raise ValueError(
             f"Expected at least one feature column in {path!r}, found only {columns}; add features."
         )
-    _check_numeric_columns(frame, feature_names, path)
+    check_numeric_columns(
+        {n: frame.dtypes[n] for n in feature_names},
+        where=f" in {path!r}",
+        fix=" (or make one the --target)",
+    )
     y = frame[target_name] if target_name is not None else None
     return Table(
         X=None,
@@ -332,14 +336,6 @@ def _pick_named_target(columns: list[str], target: str | None, path: str) -> str
     raise ValueError(
         f"Expected a target column {target!r} in {path!r}, found columns {_listing(columns)}; pass "
         "--target with one of these names (or a column index such as -1)."
-    )
-
-
-def _check_numeric_columns(frame: Any, names: list[str], path: str) -> None:
-    check_numeric_columns(
-        {n: frame.dtypes[n] for n in names},
-        where=f" in {path!r}",
-        fix=" (or make one the --target)",
     )
 
 
