@@ -106,9 +106,7 @@ class RunPlan:
             Moves the run over ``target`` after its first commit when the plan says so.
         """
         self._expect_mode(FRESH, "start a run")
-        if self.clear_partial:
-            self.partial.remove()
-            logger.info("deleted the stale run %s", self.partial.url)
+        self._clear_stale_partial()
         return RunWriter.create(self.work, header, M0, on_commit=self._committed)
 
     def reopen_writer(self) -> RunWriter:
@@ -155,10 +153,15 @@ class RunPlan:
             The record of a refit on all rows.
         """
         self._expect_mode(FRESH, "save a model")
-        if self.clear_partial:
-            self.partial.remove()
+        self._clear_stale_partial()
         save_model(self.work, header, M_history, coef, best_iter, history, refit=refit)
         self.complete()
+
+    def _clear_stale_partial(self) -> None:
+        """Delete a stale ``.partial`` (when planned), just before the new store is written."""
+        if self.clear_partial:
+            self.partial.remove()
+            logger.info("deleted the stale store %s", self.partial.url)
 
     def _committed(self, writer: RunWriter) -> None:
         """The writer's hook after each committed round: the move due after the first."""
