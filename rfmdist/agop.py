@@ -77,11 +77,11 @@ def transformed_gradients(
     """
     if operand is None:
         operand = GradientOperand.build(prepared, coef)
-    Xt, x_sq = prepared.transform(X)
+    rows = prepared.transform(X)
     scale = (
         -1.0 / prepared.bandwidth if prepared.kernel == "laplace" else -1.0 / prepared.bandwidth**2
     )
-    b, d = Xt.shape
+    b, d = rows.Xt.shape
     n_outputs = operand.coef.shape[1]
     # grad_k(x) = scale * [ (sum_j w_j coef_jk) x' - sum_j w_j coef_jk z'_j ]: two GEMMs per block,
     # on tiles of the weights with the fused backend on the CPU.
@@ -89,13 +89,13 @@ def transformed_gradients(
         from rfmdist import fused
 
         center_terms, row_weight = fused.gradient_terms(
-            prepared, Xt, x_sq, operand.weighted_centers, operand.coef
+            prepared, rows, operand.weighted_centers, operand.coef
         )
     else:
-        weights = prepared.gradient_weights(Xt, x_sq).astype(operand.coef.dtype, copy=False)
+        weights = prepared.gradient_weights(rows).astype(operand.coef.dtype, copy=False)
         center_terms, row_weight = weights @ operand.weighted_centers, weights @ operand.coef
     grads = center_terms.reshape(b, n_outputs, d)
-    grads -= row_weight[:, :, None] * Xt.astype(grads.dtype, copy=False)[:, None, :]
+    grads -= row_weight[:, :, None] * rows.Xt.astype(grads.dtype, copy=False)[:, None, :]
     grads *= -scale
     return grads
 

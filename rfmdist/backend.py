@@ -243,6 +243,20 @@ def free_device_bytes() -> int:
     return int(free) + int(cupy.get_default_memory_pool().free_bytes())
 
 
+#: The spacing of TF32 numbers at 1 (a 10-bit mantissa): the relative resolution of TF32 GEMMs.
+TF32_EPSILON = 2.0**-10
+
+
+def tf32_enabled() -> bool:
+    """True when this process's CuPy float32 GEMMs use TF32 (:func:`set_tf32`); False without CuPy."""
+    cupy = _cupy()
+    if cupy is None:
+        return False
+    from cupy._core import _routines_linalg as linalg
+
+    return bool(linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32)
+
+
 def set_tf32(enabled: bool) -> bool | None:
     """Let CuPy's float32 GEMMs use TF32 tensor cores (or not); return the previous setting.
 
@@ -256,7 +270,7 @@ def set_tf32(enabled: bool) -> bool | None:
         return None
     from cupy._core import _routines_linalg as linalg
 
-    previous = linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+    previous = tf32_enabled()
     linalg.set_compute_type(
         np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
     )

@@ -42,7 +42,15 @@ from numba.core.extending import intrinsic, overload
 from numba.np import linalg as numba_linalg
 
 from rfmdist import memory
-from rfmdist.kernels import LAPLACE_GRADIENT_GUARD, PreparedKernel
+from rfmdist.backend import cupy_module, is_cupy_array
+from rfmdist.kernels import (
+    LAPLACE_GRADIENT_GUARD,
+    NearLimits,
+    PreparedKernel,
+    TransformedRows,
+    augment_rows,
+    recompute_near_pairs,
+)
 
 # Fast-math flags that keep each operation's rounding: no reassociation (which would undo the exact
 # range reduction of exp), but contraction to FMA and no NaN/inf/signed-zero bookkeeping.
@@ -136,32 +144,56 @@ NEAR_SCAN = 64
 
 
 @numba.njit(nogil=True, cache=True)
-def _has_near(row: Any, limit: Any) -> bool:
-    """True if a distance of the row is below ``limit`` (> 0, so the clamp does not matter); a
-    count, which vectorizes where a floating-point minimum does not."""
+def _has_near(row: Any, row_limit: Any, center_limits: Any) -> bool:
+    """True if a distance of the row is at most its pair's limit
+    (:class:`~rfmdist.kernels.NearLimits`; before the clamp, so negative ones count); a count,
+    which vectorizes where a floating-point minimum does not."""
     count = 0
     for j in range(row.shape[0]):
-        if row[j] < limit:
+        if row[j] <= row_limit + center_limits[j]:
             count += 1
     return count > 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _recompute_near(row: Any, limit: Any, x: Any, centers: Any, scale: float) -> None:
-    """Pairs of this row closer than ``limit`` recomputed from their differences. The row is scanned
-    in runs of :data:`NEAR_SCAN` (a vectorized test each); only runs with a near pair are looked at
-    one by one (in an exact fit every row has one: its own center)."""
+def _equal(a: Any, b: Any) -> bool:
+    """True if the vectors are equal entry by entry (stops at the first difference)."""
+    for k in range(a.shape[0]):
+        if a[k] != b[k]:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _recompute_near(
+    row: Any,
+    row_limit: Any,
+    center_limits: Any,
+    x: Any,
+    x_t: Any,
+    centers: Any,
+    centers_t: Any,
+    scale: float,
+) -> None:
+    """The near pairs of this row recomputed from their transformed differences, and exactly 0
+    where the row equals the center (``x`` and ``centers``: the coordinates before the transform,
+    whose rounding may differ between the two). The row is scanned in runs of :data:`NEAR_SCAN` (a
+    vectorized test each); only runs with a near pair are looked at one by one (in an exact fit
+    every row has one: its own center)."""
     zero = row.dtype.type(0)
     width = row.shape[0]
     for run in range(0, width, NEAR_SCAN):
         stop = min(run + NEAR_SCAN, width)
-        if not _has_near(row[run:stop], limit):
+        if not _has_near(row[run:stop], row_limit, center_limits[run:stop]):
             continue
         for j in range(run, stop):
-            if row[j] < limit:
+            if row[j] <= row_limit + center_limits[j]:
+                if _equal(x, centers[j]):
+                    row[j] = zero
+                    continue
                 total = zero
-                for k in range(x.shape[0]):
-                    diff = x[k] - centers[j, k]
+                for k in range(x_t.shape[0]):
+                    diff = x_t[k] - centers_t[j, k]
                     total += diff * diff
                 row[j] = scale * total
 
@@ -196,8 +228,11 @@ def _gaussian_values(row: Any) -> None:
 def _cpu_tail(
     dist: Any,
     start: int,
-    limit: Any,
+    row_limits: Any,
+    center_limits: Any,
+    rows: Any,
     rows_t: Any,
+    centers: Any,
     centers_t: Any,
     scale: float,
     laplace: bool,
@@ -213,7 +248,9 @@ def _cpu_tail(
     stop = start + centers_t.shape[0]
     for i in range(dist.shape[0]):
         row = dist[i, start:stop]
-        _recompute_near(row, limit[i], rows_t[i], centers_t, scale_t)
+        _recompute_near(
+            row, row_limits[i], center_limits, rows[i], rows_t[i], centers, centers_t, scale_t
+        )
         if not laplace:
             _gaussian_values(row)
         elif weights:
@@ -287,14 +324,19 @@ def _fill_tile(
 ) -> None:
     """The kernel (or weights) of rows ``i0:i1`` against centers ``j0:j1`` into the columns
     ``start:start + j1 - j0`` of ``tile``; ``ops`` is :func:`_kernel_operands`'s tuple."""
-    rows_aug, limit, rows_t, centers_aug, centers_t, scale, laplace, bandwidth, guard = ops
+    rows_aug, centers_aug, row_limits, center_limits = ops[0], ops[1], ops[2], ops[3]
+    rows, rows_t, centers, centers_t = ops[4], ops[5], ops[6], ops[7]
+    scale, laplace, bandwidth, guard = ops[8], ops[9], ops[10], ops[11]
     target = tile[:, start : start + j1 - j0]
     gemm(rows_aug[i0:i1], centers_aug[j0:j1], target, False, True, 0.0)
     _cpu_tail(
         tile,
         start,
-        limit[i0:i1],
+        row_limits[i0:i1],
+        center_limits[j0:j1],
+        rows[i0:i1],
         rows_t[i0:i1],
+        centers[j0:j1],
         centers_t[j0:j1],
         scale,
         laplace,
@@ -349,7 +391,7 @@ def _tile_pass(
     ``K operand`` (operand (m, c)) to ``out`` (b, c); ``RMATVEC`` adds ``K^T operand`` (operand
     (b, c)) to ``out`` (m, c). With at most :data:`FEW_COLUMNS` columns the products are loops over the
     tile (``operand`` of MATVEC and ``out`` of RMATVEC then transposed: (c, m)), else BLAS."""
-    b, m = ops[0].shape[0], ops[3].shape[0]
+    b, m = ops[0].shape[0], ops[1].shape[0]
     few = mode != BLOCK and operand.shape[0 if mode == MATVEC else 1] <= FEW_COLUMNS
     buffer = np.empty(tile_rows * tile_cols, dtype=out.dtype)
     for i0 in range(0, b, tile_rows):
@@ -378,7 +420,7 @@ def _tile_pass(
 def _normal_pass(ops: Any, strip_rows: int, V: Any, out: Any) -> None:
     """Adds ``K^T (K V)`` of a block to ``out`` (m, c): per strip of rows (all centers), the strip's
     kernel once, then both products from it while it is in cache."""
-    b, m = ops[0].shape[0], ops[3].shape[0]
+    b, m = ops[0].shape[0], ops[1].shape[0]
     strip = np.empty(strip_rows * m, dtype=out.dtype)
     products = np.empty(strip_rows * V.shape[1], dtype=out.dtype)
     for i0 in range(0, b, strip_rows):
@@ -407,7 +449,7 @@ def _gradient_pass(
     made tile by tile into panels of ``panel_cols`` centers, and each panel's products are one GEMM
     and one loop (see :func:`gradient_terms` for the panels' width). The products run in the
     operands' dtype."""
-    b, m = ops[0].shape[0], ops[3].shape[0]
+    b, m = ops[0].shape[0], ops[1].shape[0]
     buffer = np.empty(tile_rows * panel_cols, dtype=ops[0].dtype)
     cast = np.empty(tile_rows * panel_cols, dtype=coef_t.dtype)
     for i0 in range(0, b, tile_rows):
@@ -427,8 +469,6 @@ def _gradient_pass(
 @functools.cache
 def _gpu_tail_kernel(laplace: bool, weights: bool) -> Any:
     """The CuPy elementwise kernel of the clamp, ``sqrt``, ``exp`` and (AGOP) the division."""
-    from rfmdist.backend import cupy_module
-
     if not laplace:
         body = "y = exp(-max(d, (T)0));"
     elif weights:
@@ -442,74 +482,75 @@ def _gpu_tail_kernel(laplace: bool, weights: bool) -> Any:
 
 def kernel_tail(
     dist: Any,
-    limit: Any,
-    rows_t: Any,
-    centers_t: Any,
+    limits: NearLimits,
+    rows: TransformedRows,
+    prepared: PreparedKernel,
     *,
-    scale: float,
-    kernel: str,
-    bandwidth: float,
     weights: bool = False,
-    guard: float = 0.0,
 ) -> Any:
     """Kernel values (or the AGOP's gradient weights) from the distance GEMM's output, in place.
 
     Parameters
     ----------
     dist : array, shape (b, m)
-        ``scale * ||x' - z'||^2`` by GEMM, before the clamp at zero; overwritten.
-    limit : array, shape (b,)
-        Per row, the scaled squared distance below which a pair is recomputed from its difference.
-    rows_t : array, shape (b, d)
-        The rows in the transformed space.
-    centers_t : array, shape (m, d)
-        The centers in the transformed space.
-    scale : float
-        The factor in ``dist`` (``1/L^2`` Laplace, ``1/(2 L^2)`` Gaussian).
-    kernel : {'laplace', 'gaussian'}
-    bandwidth : float
+        ``scale * ||x' - z'||^2`` by GEMM (``scale`` the kernel's
+        :attr:`~rfmdist.kernels.PreparedKernel.distance_scale`), before the clamp at zero;
+        overwritten.
+    limits : NearLimits
+        Which pairs are recomputed from their differences (:func:`rfmdist.kernels.augment_rows`).
+    rows : TransformedRows
+        The block's rows (b of them).
+    prepared : PreparedKernel
+        The kernel and its m centers.
     weights : bool, default False
-        Return the AGOP's gradient weights (``K / ||x - z||_M`` for Laplace, ``K`` for Gaussian).
-    guard : float
-        Laplace weights of pairs closer than this radius are 0.
+        Return the AGOP's gradient weights (``K / ||x - z||_M`` for Laplace, 0 within
+        :data:`~rfmdist.kernels.LAPLACE_GRADIENT_GUARD` of ``x = z``; ``K`` for Gaussian).
 
     Returns
     -------
     array, shape (b, m)
         ``dist`` itself, overwritten.
     """
-    from rfmdist.backend import is_cupy_array
-
-    laplace = kernel == "laplace"
+    laplace = prepared.kernel == "laplace"
+    guard = LAPLACE_GRADIENT_GUARD
     if is_cupy_array(dist):
-        from rfmdist.kernels import recompute_near_pairs
-
-        recompute_near_pairs(dist, limit, rows_t, centers_t, scale)
-        return _gpu_tail_kernel(laplace, weights)(dist, bandwidth, guard, dist)
-    _cpu_tail(dist, 0, limit, rows_t, centers_t, scale, laplace, weights, bandwidth, guard)
+        recompute_near_pairs(dist, limits, rows, prepared)
+        return _gpu_tail_kernel(laplace, weights)(dist, prepared.bandwidth, guard, dist)
+    _cpu_tail(
+        dist,
+        0,
+        limits.rows,
+        limits.centers,
+        np.ascontiguousarray(rows.X),
+        np.ascontiguousarray(rows.Xt),
+        prepared.centers,
+        prepared.centers_t,
+        prepared.distance_scale,
+        laplace,
+        weights,
+        prepared.bandwidth,
+        guard,
+    )
     return dist
 
 
 # --- the passes' entry points (NumPy arrays, the 'fused' backend) -----------------------------------
 
 
-def _operands(prepared: PreparedKernel, X: Any) -> tuple[Any, ...]:
-    """What every tile needs of a block of rows: the augmented rows, their near-pair limits and the
-    transformed rows, with the centers' side, the scale and the kernel's flags."""
-    Xt, x_sq = prepared.transform(X)
-    return _kernel_operands(prepared, Xt, x_sq)
-
-
-def _kernel_operands(prepared: PreparedKernel, Xt: Any, x_sq: Any) -> tuple[Any, ...]:
-    from rfmdist.kernels import augment_rows
-
+def _kernel_operands(prepared: PreparedKernel, rows: TransformedRows) -> tuple[Any, ...]:
+    """What every tile needs of a block of rows: the augmented rows and centers of the distance
+    GEMM, the near-pair limits of the rows and of the centers, the rows and centers before and
+    after the transform, the scale and the kernel's flags."""
     scale = prepared.distance_scale
-    rows_aug, limit = augment_rows(Xt, x_sq, prepared.centers_aug, scale=scale)
+    rows_aug, limits = augment_rows(rows.Xt, rows.sq, prepared.centers_aug, scale=scale)
     return (
         rows_aug,
-        limit,
-        np.ascontiguousarray(Xt),
         prepared.centers_aug,
+        limits.rows,
+        limits.centers,
+        np.ascontiguousarray(rows.X),
+        np.ascontiguousarray(rows.Xt),
+        prepared.centers,
         prepared.centers_t,
         scale,
         prepared.kernel == "laplace",
@@ -548,15 +589,15 @@ def _run_tiles(
 
 
 def block(
-    prepared: PreparedKernel, Xt: Any, x_sq: Any, *, weights: bool = False, out: Any = None
+    prepared: PreparedKernel, rows: TransformedRows, *, weights: bool = False, out: Any = None
 ) -> Any:
     """Kernel values ``K(X, Z)`` (or the AGOP's gradient weights) of transformed rows.
 
     Parameters
     ----------
     prepared : PreparedKernel
-    Xt, x_sq : arrays, shapes (b, d) and (b,)
-        :meth:`PreparedKernel.transform` of the rows.
+    rows : TransformedRows
+        :meth:`PreparedKernel.transform` of the b rows.
     weights : bool, default False
         ``K / ||x - z||_M`` (Laplace; 0 at the ``x = z`` singularity) or ``K`` (Gaussian).
     out : array, shape (b, m), optional
@@ -567,8 +608,8 @@ def block(
     array, shape (b, m), the kernel's dtype
     """
     if out is None:
-        out = np.empty((Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
-    operands = _kernel_operands(prepared, Xt, x_sq)
+        out = np.empty((rows.Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
+    operands = _kernel_operands(prepared, rows)
     return _run_tiles(prepared, operands, BLOCK, out[:0], out, weights=weights)
 
 
@@ -581,7 +622,9 @@ def matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
     V = _in_kernel_dtype(prepared, V)
     out = np.zeros((X.shape[0], V.shape[1]), dtype=V.dtype)
     operand = np.ascontiguousarray(V.T) if V.shape[1] <= FEW_COLUMNS else V
-    return _run_tiles(prepared, _operands(prepared, X), MATVEC, operand, out)
+    return _run_tiles(
+        prepared, _kernel_operands(prepared, prepared.transform(X)), MATVEC, operand, out
+    )
 
 
 def rmatvec(prepared: PreparedKernel, X: Any, U: Any) -> Any:
@@ -589,7 +632,13 @@ def rmatvec(prepared: PreparedKernel, X: Any, U: Any) -> Any:
     U = _in_kernel_dtype(prepared, U)
     few = U.shape[1] <= FEW_COLUMNS
     shape = (U.shape[1], prepared.n_centers) if few else (prepared.n_centers, U.shape[1])
-    out = _run_tiles(prepared, _operands(prepared, X), RMATVEC, U, np.zeros(shape, U.dtype))
+    out = _run_tiles(
+        prepared,
+        _kernel_operands(prepared, prepared.transform(X)),
+        RMATVEC,
+        U,
+        np.zeros(shape, U.dtype),
+    )
     return out.T if few else out
 
 
@@ -599,12 +648,12 @@ def normal_matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
     out = np.zeros((prepared.n_centers, V.shape[1]), dtype=V.dtype)
     rows, cols = tile_shape(prepared.n_centers, V.itemsize)
     strip_rows = max(16, STRIP_TILES * rows * cols // prepared.n_centers)
-    _normal_pass(_operands(prepared, X), strip_rows, V, out)
+    _normal_pass(_kernel_operands(prepared, prepared.transform(X)), strip_rows, V, out)
     return out
 
 
 def gradient_terms(
-    prepared: PreparedKernel, Xt: Any, x_sq: Any, weighted_centers: Any, coef: Any
+    prepared: PreparedKernel, rows: TransformedRows, weighted_centers: Any, coef: Any
 ) -> tuple[Any, Any]:
     """``W weighted_centers`` and ``W coef`` of transformed rows, ``W`` their gradient weights, by
     tiles (:func:`_gradient_pass`): the two GEMMs of :func:`rfmdist.agop.transformed_gradients`.
@@ -612,7 +661,8 @@ def gradient_terms(
     Parameters
     ----------
     prepared : PreparedKernel
-    Xt, x_sq : arrays, shapes (b, d) and (b,)
+    rows : TransformedRows
+        The b rows.
     weighted_centers : array, shape (m, c * d)
     coef : array, shape (m, c)
         Both in the GEMMs' dtype.
@@ -622,20 +672,20 @@ def gradient_terms(
     center_terms : array, shape (b, c * d)
     row_weights : array, shape (b, c)
     """
-    dtype = coef.dtype
-    center_terms = np.zeros((Xt.shape[0], weighted_centers.shape[1]), dtype=dtype)
-    row_weights = np.zeros((Xt.shape[0], coef.shape[1]), dtype=dtype)
+    dtype, b, itemsize = coef.dtype, rows.Xt.shape[0], rows.Xt.itemsize
+    center_terms = np.zeros((b, weighted_centers.shape[1]), dtype=dtype)
+    row_weights = np.zeros((b, coef.shape[1]), dtype=dtype)
     # A panel is one tile while the products' output (rows x c d) stays in cache with it; with more
     # gradient columns it spans all centers (a strip of rows), so that the output of c d columns is
     # written once per strip, not once per tile.
-    rows, cols = tile_shape(prepared.n_centers, Xt.itemsize)
+    tile_rows, cols = tile_shape(prepared.n_centers, itemsize)
     panel = cols
     if weighted_centers.shape[1] > GRADIENT_TILE_COLUMNS:
-        by_bytes = GRADIENT_STRIP_BYTES // (prepared.n_centers * Xt.itemsize)
-        rows, panel = max(16, min(TILE_ROWS, by_bytes)), prepared.n_centers
+        by_bytes = GRADIENT_STRIP_BYTES // (prepared.n_centers * itemsize)
+        tile_rows, panel = max(16, min(TILE_ROWS, by_bytes)), prepared.n_centers
     _gradient_pass(
-        _kernel_operands(prepared, Xt, x_sq),
-        rows,
+        _kernel_operands(prepared, rows),
+        tile_rows,
         cols,
         panel,
         np.ascontiguousarray(weighted_centers),

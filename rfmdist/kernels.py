@@ -7,13 +7,14 @@ diagonal ``(d,)``) and bandwidth ``L``::
     gaussian: K(x, z) = exp(-||x - z||_M^2 / (2 L^2)),     ||u||_M = sqrt(u^T M u)
 
 Distances are computed by GEMM in the transformed space ``x' = x S`` with ``S = M^{1/2}`` (``S = sqrt(M)``
-elementwise for a diagonal ``M``), where ``||x - z||_M = ||x' - z'||``. Distances below the floating-point
-resolution of the GEMM identity ``|x'|^2 + |z'|^2 - 2 x'.z'`` are set to exactly zero, so a point's kernel
-value against itself is exactly 1 in float32 as in float64. Pairs closer than the square root of that
-resolution are recomputed from their differences: the identity's absolute error (a few eps |x'|^2)
-becomes a large relative error for near-coincident points, which the Laplace kernel's square root
-turned into entry errors of order sqrt(eps) and numerically indefinite kernels (eigenvalues down to
--2e-6 in float64 for clusters of near-duplicate rows).
+elementwise for a diagonal ``M``), where ``||x - z||_M = ||x' - z'||``. The GEMM identity
+``|x'|^2 + |z'|^2 - 2 x'.z'`` has an absolute error of a few ulps of ``|x'|^2 + |z'|^2``, a large
+relative error for close pairs, which the Laplace kernel's square root turned into entry errors of
+order sqrt(eps) and numerically indefinite kernels (eigenvalues down to -2e-6 in float64 for
+clusters of near-duplicate rows). Such *near pairs* (:func:`augment_rows`) are recomputed from their
+differences, and a row equal to a center, compared before the transform, is at distance exactly 0:
+a point's kernel value against itself is exactly 1 and its Laplace gradient weight exactly 0, in
+float32 as in float64 and whatever the rounding of the two transforms.
 
 Every function takes NumPy or CuPy arrays and returns arrays of the same namespace.
 
@@ -25,13 +26,14 @@ operations, kept so that tests compare the two and benchmarks time them side by 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from rfmdist.backend import get_namespace
+from rfmdist.backend import TF32_EPSILON, get_namespace, tf32_enabled
 
 KernelName = Literal["laplace", "gaussian"]
 KERNELS: tuple[str, ...] = ("laplace", "gaussian")
@@ -67,49 +69,45 @@ def apply_metric_root(X: Any, S: Any) -> Any:
     return X * S if S.ndim == 1 else X @ S
 
 
-def squared_distances(
-    Xt: Any,
-    Zt: Any,
-    x_sq: Any,
-    z_sq: Any,
-    *,
-    scale: float = 1.0,
-    centers_aug: Any = None,
-    near_pairs: bool = False,
-) -> Any:
-    """Scaled squared Euclidean distances ``scale * ||x' - z'||^2`` by one GEMM.
+@dataclass(frozen=True)
+class TransformedRows:
+    """A block of rows ready for kernel evaluations against a :class:`PreparedKernel`'s centers.
 
-    :func:`gemm_distances`, then the clamp at zero and the near pairs recomputed
-    (:func:`recompute_near_pairs`).
-
-    Parameters
+    Attributes
     ----------
+    X : array, shape (b, d)
+        The rows in the kernel's dtype: the coordinates in which coincidence with a center is judged.
     Xt : array, shape (b, d)
-    Zt : array, shape (m, d)
-    x_sq, z_sq : arrays, shapes (b,) and (m,)
-        Squared row norms of ``Xt`` and ``Zt``.
-    scale : float
-        Factor applied to the distances (folded into the GEMM).
-    centers_aug : array, shape (m, d + 2), optional
-        ``[Zt, z_sq, 1]`` precomputed (see :class:`PreparedKernel`).
-    near_pairs : bool, default False
-        Also return the (row, column) indices of the pairs recomputed from their differences:
-        every pair closer than the GEMM's resolution is among them (coincident points included).
-
-    Returns
-    -------
-    array, shape (b, m)
-        With ``near_pairs``: ``(distances, (rows, cols))``.
+        The rows in the transformed space, ``X S``.
+    sq : array, shape (b,)
+        Squared norms of ``Xt``.
     """
-    if centers_aug is None:
-        centers_aug = augment_centers(Zt, z_sq)
-    dist, limit = gemm_distances(Xt, x_sq, centers_aug, scale=scale)
-    near = recompute_near_pairs(dist, limit, Xt, Zt, scale)
-    return (dist, near) if near_pairs else dist
+
+    X: Any
+    Xt: Any
+    sq: Any
+
+    def __getitem__(self, rows: Any) -> TransformedRows:
+        """The rows ``rows`` (a slice or an index array) of the block."""
+        return TransformedRows(self.X[rows], self.Xt[rows], self.sq[rows])
 
 
-def gemm_distances(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, Any]:
-    """The distance GEMM, before the clamp at zero, and each row's near-pair limit.
+class NearLimits(NamedTuple):
+    """The near-pair test of a block: the pair of row ``i`` and center ``j`` is near when its
+    (scaled) GEMM distance is at most ``rows[i] + centers[j]`` (:func:`augment_rows`).
+
+    Attributes
+    ----------
+    rows : array, shape (b,)
+    centers : array, shape (m,)
+    """
+
+    rows: Any
+    centers: Any
+
+
+def gemm_distances(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, NearLimits]:
+    """The distance GEMM, before the clamp at zero, and the block's near-pair limits.
 
     Parameters
     ----------
@@ -122,22 +120,48 @@ def gemm_distances(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tup
     Returns
     -------
     dist : array, shape (b, m)
-    limit : array, shape (b,)
+    limits : NearLimits
         See :func:`augment_rows`.
     """
-    rows_aug, limit = augment_rows(Xt, x_sq, centers_aug, scale=scale)
-    return rows_aug @ centers_aug.T, limit
+    rows_aug, limits = augment_rows(Xt, x_sq, centers_aug, scale=scale)
+    return rows_aug @ centers_aug.T, limits
 
 
-def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, Any]:
-    """The row side of the distance GEMM, and each row's near-pair limit.
+def gemm_epsilon(dtype: Any, xp: Any = np) -> float:
+    """The relative resolution of the distance GEMM's products: the dtype's epsilon, or TF32's
+    (a 10-bit mantissa) for float32 CuPy GEMMs while TF32 is on (:func:`rfmdist.backend.set_tf32`)."""
+    if xp is not np and np.dtype(dtype) == np.float32 and tf32_enabled():
+        return TF32_EPSILON
+    return float(np.finfo(dtype).eps)
 
-    The norms and the coincidence threshold are folded into the GEMM by augmenting both sides
-    (``[-2 s x', s, s (|x'|^2 - t)] . [z', |z'|^2, 1]``). ``t`` is the resolution of the GEMM identity
-    (16 ulps of ``|x'|^2 + max |z'|^2``): distances below it become exactly zero once clamped, and
-    the others move by less than their own rounding error. Pairs whose clamped distance is below the
-    row's ``limit`` (the square root of that resolution, scaled) are the near pairs: the GEMM's
-    absolute error is large relative to their distance.
+
+def near_factor(dtype: Any, xp: Any = np) -> float:
+    """``sqrt(r)``, ``r`` the GEMM identity's resolution (:data:`_COINCIDENCE_ULPS` ulps): a squared
+    distance below ``sqrt(r) (|x'|^2 + |z'|^2)`` may be wrong by more than ``sqrt(r)`` of itself.
+
+    Examples
+    --------
+    >>> round(near_factor(np.float32), 6), round(near_factor(np.float64), 10)
+    (0.001381, 5.96e-08)
+    """
+    return math.sqrt(_COINCIDENCE_ULPS * gemm_epsilon(dtype, xp))
+
+
+def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, NearLimits]:
+    """The row side of the distance GEMM, and the block's near-pair limits.
+
+    The norms are folded into the GEMM by augmenting both sides
+    (``[-2 s x', s, s |x'|^2] . [z', |z'|^2, 1]``). The identity's absolute error is a few ulps of
+    ``|x'|^2 + |z'|^2`` (``r (|x'|^2 + |z'|^2)``, ``r`` the resolution of :func:`near_factor`), so a
+    pair whose distance is at most ``sqrt(r) (|x'|^2 + |z'|^2)`` is a *near pair*, whose relative
+    error could exceed ``sqrt(r)``: it is recomputed from its difference (exactly 0 for a row equal
+    to its center; :func:`recompute_near_pairs`). Every other distance keeps its own rounding, a
+    relative ``sqrt(r)`` at most (1.4e-3 in float32, 6e-8 in float64) and usually far less. The
+    limit is the pair's own (the row's norm plus the center's), so that a few outlying centers do
+    not make every pair of the block near, and no distance is shifted: subtracting a resolution
+    bound from every distance of a row to zero its coincident pairs (an earlier design) moved them
+    all by the largest center's norm, which in float32 left kernels of data with outliers indefinite
+    by more than the ridge (the California housing features: entry errors of 2e-3, against 4e-6).
 
     Parameters
     ----------
@@ -149,27 +173,40 @@ def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple
     Returns
     -------
     rows_aug : array, shape (b, d + 2)
-    limit : array, shape (b,)
-        ``inf`` for a row and centers that are all zero (every pair is near).
+    limits : NearLimits
+        Scaled like the distances.
     """
     xp = get_namespace(Xt, centers_aug)
-    resolution = _COINCIDENCE_ULPS * float(np.finfo(Xt.dtype).eps)
-    z_max = float(centers_aug[:, -2].max()) if centers_aug.shape[0] else 0.0
+    factor = scale * near_factor(Xt.dtype, xp)
     rows_aug = xp.empty((Xt.shape[0], Xt.shape[1] + 2), dtype=Xt.dtype)
     rows_aug[:, :-2] = Xt * (-2.0 * scale)
     rows_aug[:, -2] = scale
-    rows_aug[:, -1] = (x_sq - resolution * (x_sq + z_max)) * scale
-    limit = scale * xp.sqrt(resolution * (x_sq + z_max))
-    # All-zero rows against all-zero centers have no resolution to speak of: every pair is near.
-    limit = xp.where(limit > 0, limit, xp.inf).astype(Xt.dtype, copy=False)
-    return rows_aug, limit
+    rows_aug[:, -1] = x_sq * scale
+    limits = NearLimits(
+        rows=(factor * x_sq).astype(Xt.dtype, copy=False),
+        centers=xp.ascontiguousarray(factor * centers_aug[:, -2]).astype(Xt.dtype, copy=False),
+    )
+    return rows_aug, limits
 
 
-def recompute_near_pairs(dist: Any, limit: Any, Xt: Any, Zt: Any, scale: float) -> tuple[Any, Any]:
+def recompute_near_pairs(
+    dist: Any, limits: NearLimits, rows: TransformedRows, prepared: PreparedKernel
+) -> tuple[Any, Any]:
     """Clamp :func:`gemm_distances`'s output at zero and recompute its near pairs from their
     differences, in place (the reference path's array operations).
 
-    A row-wise minimum (a fast reduction) finds the rows that have any; usually few.
+    A row-wise minimum (a fast reduction) finds the rows that may have any; usually few. A pair
+    whose row and center are equal in the given coordinates (``rows.X`` and ``prepared.centers``)
+    gets distance exactly 0: their transformed coordinates may differ in the last bits (GEMMs of
+    different shapes round differently, as cuBLAS's do), which in float32 put such pairs ~1e-7
+    apart and gave the Laplace gradient's ``1 / ||x - z||`` weights of ~1e7 at ``x = z``.
+
+    Parameters
+    ----------
+    dist : array, shape (b, m)
+    limits : NearLimits
+    rows : TransformedRows
+    prepared : PreparedKernel
 
     Returns
     -------
@@ -179,15 +216,19 @@ def recompute_near_pairs(dist: Any, limit: Any, Xt: Any, Zt: Any, scale: float) 
     xp = get_namespace(dist)
     xp.maximum(dist, 0, out=dist)
     empty = xp.zeros(0, dtype=xp.int64)
-    rows, cols = empty, empty
+    pair_rows, cols = empty, empty
     if dist.size:
-        near_rows = xp.nonzero(dist.min(axis=1) < limit)[0]
-        if near_rows.shape[0]:
-            hits, cols = xp.nonzero(dist[near_rows] < limit[near_rows, None])
-            rows = near_rows[hits]
-            diff = Xt[rows] - Zt[cols]
-            dist[rows, cols] = scale * (diff * diff).sum(axis=1)
-    return rows, cols
+        widest = limits.rows + limits.centers.max()
+        candidates = xp.nonzero(dist.min(axis=1) <= widest)[0]
+        if candidates.shape[0]:
+            some = dist if candidates.shape[0] == dist.shape[0] else dist[candidates]
+            hits, cols = xp.nonzero(some - limits.centers <= limits.rows[candidates, None])
+            pair_rows = candidates[hits]
+            diff = rows.Xt[pair_rows] - prepared.centers_t[cols]
+            values = prepared.distance_scale * (diff * diff).sum(axis=1)
+            same = (rows.X[pair_rows] == prepared.centers[cols]).all(axis=1)
+            dist[pair_rows, cols] = xp.where(same, 0, values)
+    return pair_rows, cols
 
 
 def augment_centers(Zt: Any, z_sq: Any) -> Any:
@@ -231,6 +272,8 @@ class PreparedKernel:
     ----------
     S : array, shape (d, d) or (d,)
         ``M^{1/2}``.
+    centers : array, shape (m, d)
+        The centers in the kernel's dtype (where coincidence with a row is judged).
     centers_t : array, shape (m, d)
         Centers in the transformed space.
     centers_sq : array, shape (m,)
@@ -244,6 +287,7 @@ class PreparedKernel:
     """
 
     S: Any
+    centers: Any
     centers_t: Any
     centers_sq: Any
     kernel: str
@@ -255,6 +299,11 @@ class PreparedKernel:
     def diag(self) -> bool:
         """True when ``M`` is diagonal."""
         return self.S.ndim == 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The kernel's dtype."""
+        return np.dtype(self.centers_t.dtype)
 
     @property
     def fused_tiles(self) -> bool:
@@ -277,17 +326,38 @@ class PreparedKernel:
         """The same kernel with only the centers ``rows`` (an index array), shape (r,)."""
         return replace(
             self,
+            centers=self.centers[rows],
             centers_t=self.centers_t[rows],
             centers_sq=self.centers_sq[rows],
             centers_aug=self.centers_aug[rows],
         )
 
-    def transform(self, X: Any) -> tuple[Any, Any]:
-        """Transformed rows ``X S`` and their squared norms; shapes (b, d) and (b,)."""
-        Xt = apply_metric_root(X.astype(self.centers_t.dtype, copy=False), self.S)
-        return Xt, (Xt * Xt).sum(axis=1)
+    def astype(self, dtype: Any) -> PreparedKernel:
+        """The same kernel evaluated in ``dtype`` (the centers and ``M^{1/2}`` cast, the centers
+        transformed again in it); itself when it is already of ``dtype``."""
+        if np.dtype(dtype) == self.dtype:
+            return self
+        S = self.S.astype(dtype)
+        centers = self.centers.astype(dtype)
+        centers_t = apply_metric_root(centers, S)
+        centers_sq = (centers_t * centers_t).sum(axis=1)
+        return replace(
+            self,
+            S=S,
+            centers=centers,
+            centers_t=centers_t,
+            centers_sq=centers_sq,
+            centers_aug=augment_centers(centers_t, centers_sq),
+        )
 
-    def _fused(self, Xt: Any, x_sq: Any, *, weights: bool, out: Any = None) -> Any:
+    def transform(self, X: Any) -> TransformedRows:
+        """The rows ``X`` (shape (b, d)) in the kernel's dtype, transformed (``X S``), with their
+        squared norms."""
+        X = X.astype(self.centers_t.dtype, copy=False)
+        Xt = apply_metric_root(X, self.S)
+        return TransformedRows(X, Xt, (Xt * Xt).sum(axis=1))
+
+    def _fused(self, rows: TransformedRows, *, weights: bool, out: Any = None) -> Any:
         """The kernel (or gradient weights) by the fused backend: tiles on the CPU
         (:func:`rfmdist.fused.block`, written straight into ``out`` when it is C-contiguous and of
         the kernel's dtype), the GEMM then one elementwise kernel on a GPU."""
@@ -297,50 +367,34 @@ class PreparedKernel:
             direct = (
                 out is not None and out.flags.c_contiguous and out.dtype == self.centers_t.dtype
             )
-            return fused.block(self, Xt, x_sq, weights=weights, out=out if direct else None)
-        scale = self.distance_scale
-        dist, limit = gemm_distances(Xt, x_sq, self.centers_aug, scale=scale)
-        return fused.kernel_tail(
-            dist,
-            limit,
-            Xt,
-            self.centers_t,
-            scale=scale,
-            kernel=self.kernel,
-            bandwidth=self.bandwidth,
-            weights=weights,
-            guard=LAPLACE_GRADIENT_GUARD,
-        )
+            return fused.block(self, rows, weights=weights, out=out if direct else None)
+        dist, limits = gemm_distances(rows.Xt, rows.sq, self.centers_aug, scale=self.distance_scale)
+        return fused.kernel_tail(dist, limits, rows, self, weights=weights)
 
-    def _scaled_distances(self, Xt: Any, x_sq: Any, near_pairs: bool = False) -> Any:
-        return squared_distances(
-            Xt,
-            self.centers_t,
-            x_sq,
-            self.centers_sq,
-            scale=self.distance_scale,
-            centers_aug=self.centers_aug,
-            near_pairs=near_pairs,
-        )
+    def _scaled_distances(self, rows: TransformedRows) -> tuple[Any, tuple[Any, Any]]:
+        """``||x - z||_M^2`` times :attr:`distance_scale` by the reference path, with the
+        recomputed (near) pairs."""
+        dist, limits = gemm_distances(rows.Xt, rows.sq, self.centers_aug, scale=self.distance_scale)
+        return dist, recompute_near_pairs(dist, limits, rows, self)
 
-    def gradient_weights(self, Xt: Any, x_sq: Any) -> Any:
+    def gradient_weights(self, rows: TransformedRows) -> Any:
         """The kernel weights of the predictor's gradient (:mod:`rfmdist.agop`): ``K`` (Gaussian) or
         ``K / ||x - z||_M`` (Laplace, 0 for centers closer than :data:`LAPLACE_GRADIENT_GUARD`, the
         ``x = z`` singularity).
 
         Parameters
         ----------
-        Xt, x_sq : arrays, shapes (b, d) and (b,)
-            Transformed rows and their squared norms (:meth:`transform`).
+        rows : TransformedRows
+            The rows (:meth:`transform`), b of them.
 
         Returns
         -------
         array, shape (b, m)
         """
         if self.backend == "fused":
-            return self._fused(Xt, x_sq, weights=True)
-        xp = get_namespace(Xt)
-        scaled, (rows, cols) = self._scaled_distances(Xt, x_sq, near_pairs=True)
+            return self._fused(rows, weights=True)
+        xp = get_namespace(rows.Xt)
+        scaled, (near_rows, cols) = self._scaled_distances(rows)
         if self.kernel == "gaussian":
             return xp.exp(xp.negative(scaled, out=scaled), out=scaled)
         root = xp.sqrt(scaled, out=scaled)  # ||x - z||_M / L
@@ -349,8 +403,8 @@ class PreparedKernel:
         with np.errstate(divide="ignore", invalid="ignore"):
             weights /= root
         # Every pair within the guard is a near pair: the x = z singularity gets weight 0.
-        singular = root[rows, cols] < LAPLACE_GRADIENT_GUARD
-        weights[rows[singular], cols[singular]] = 0
+        singular = root[near_rows, cols] < LAPLACE_GRADIENT_GUARD
+        weights[near_rows[singular], cols[singular]] = 0
         return weights
 
     def block(self, X: Any, out: Any = None) -> Any:
@@ -359,12 +413,12 @@ class PreparedKernel:
         ``out`` (shape (b, m)), if given, receives them: the fused CPU path writes its tiles straight
         into a C-contiguous one of the kernel's dtype, the others copy their block into it.
         """
-        Xt, x_sq = self.transform(X)
+        rows = self.transform(X)
         if self.backend == "fused":
-            values = self._fused(Xt, x_sq, weights=False, out=out)
+            values = self._fused(rows, weights=False, out=out)
         else:
             xp = get_namespace(X)
-            values = self._scaled_distances(Xt, x_sq)
+            values, _ = self._scaled_distances(rows)
             if self.kernel == "laplace":
                 xp.sqrt(values, out=values)
             xp.negative(values, out=values)
@@ -408,6 +462,7 @@ def prepare_kernel(
     centers_sq = (centers_t * centers_t).sum(axis=1)
     return PreparedKernel(
         S=S,
+        centers=centers,
         centers_t=centers_t,
         centers_sq=centers_sq,
         kernel=kernel,

@@ -110,16 +110,24 @@ def _block_rmatvec(K: Any, U: Any) -> Any:
     return _product(K.T, U.astype(K.dtype, copy=False))
 
 
+def _block_gram(K: Any) -> Any:
+    """``K^T K``, shape (m, m), by a float64 GEMM whatever the kernel's dtype: products of float32
+    entries are exact in float64, so the result is a Gram matrix (positive semi-definite) to float64
+    resolution, as the Nyström system's direct solve needs (see :mod:`rfmdist.solvers.systems`)."""
+    K64 = K.astype(get_namespace(K).float64, copy=False)
+    return K64.T @ K64
+
+
 def _block_gram_rhs(K: Any, U: Any) -> Any:
     """``[K^T K | K^T U]``, shape (m, m + c), float64."""
     xp = get_namespace(K)
-    both = (K.T @ K, _product(K.T, U.astype(K.dtype, copy=False)))
-    return xp.concatenate([part.astype(xp.float64, copy=False) for part in both], axis=1)
+    rhs = _product(K.T, U.astype(K.dtype, copy=False)).astype(xp.float64, copy=False)
+    return xp.concatenate([_block_gram(K), rhs], axis=1)
 
 
 def _block_normal(K: Any, V: Any) -> Any:
     if V is None:  # the Gram matrix K^T K itself
-        return K.T @ K
+        return _block_gram(K)
     return _product(K.T, _product(K, V.astype(K.dtype, copy=False)))
 
 
@@ -386,9 +394,8 @@ class BlockedKernelOperator:
         return total.astype(V.dtype, copy=False)
 
     def gram(self) -> Any:
-        """``K^T K``, shape (m, m), float64 (each block's part added in float64)."""
-        xp = get_namespace(self.X if self._cached is None else self._cached)
-        return self._sum(lambda rows, K: _block_normal(K, None).astype(xp.float64, copy=False))
+        """``K^T K``, shape (m, m), float64 (each block's part by a float64 GEMM)."""
+        return self._sum(lambda rows, K: _block_gram(K))
 
     def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
         """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each block's kernel once), float64.

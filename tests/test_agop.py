@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from rfmdist.agop import (
     agop_block_sum,
     average_gradient_outer_product,
+    kernel_agop_sum,
     predictor_gradients,
 )
-from rfmdist.kernels import kernel_block
+from rfmdist.kernels import augment_centers, kernel_block, prepare_kernel
 
 
 def finite_difference_jacobian(f, X, step=1e-6):
@@ -106,3 +109,32 @@ def test_generic_agop_any_predictor(rng):
     )
     with pytest.raises(ValueError, match="at least one point"):
         average_gradient_outer_product(jac, X[:0])
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_float32_agop_at_coincident_centers_whatever_the_transform_rounding(backend):
+    """The AGOP of an exact fit is taken at rows that are centers. On a GPU the centers' transform
+    ``Z S`` (one GEMM) and the rows' (GEMMs of another shape) round differently, so in float32 a row
+    and its own center sat ~1e-7 apart and got Laplace weights ``1 / ||x - z||`` of ~1e7: the GPU's
+    AGOP differed from the CPU's in every entry (up to 26%). Modelled here by transforming the
+    centers in float64 and rounding: coincidence is judged before the transform, so the AGOP still
+    equals the float64 one to float32 accuracy (1e-5 of its largest entry; 0.12 before)."""
+    gen = np.random.default_rng(0)
+    d = 6
+    X = gen.normal(size=(300, d))
+    Z = X[gen.choice(300, 60, replace=False)]
+    A = gen.normal(size=(d, d))
+    M = A @ A.T / d + 0.1 * np.eye(d)
+    coef = gen.normal(size=(60, 2))
+    X32, Z32 = X.astype(np.float32), Z.astype(np.float32)
+    prepared = prepare_kernel(Z32, M.astype(np.float32), backend=backend)
+    rounded = (Z32.astype(np.float64) @ prepared.S.astype(np.float64)).astype(np.float32)
+    assert (rounded != prepared.centers_t).any()  # the two transforms differ in the last bits
+    norms = (rounded * rounded).sum(axis=1)
+    apart = dataclasses.replace(
+        prepared, centers_t=rounded, centers_sq=norms, centers_aug=augment_centers(rounded, norms)
+    )
+    want = agop_block_sum(X, Z, coef, M)
+    for kernel in (prepared, apart):
+        got = kernel_agop_sum(kernel, X32, coef.astype(np.float32), diag=False)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

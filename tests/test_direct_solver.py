@@ -21,14 +21,35 @@ def test_direct_solve_matches_numpy(rng):
     np.testing.assert_array_equal(np.diagonal(K), 1.0)  # K left intact
 
 
-def test_jittered_retry_on_singular_float32_matrix(rng):
-    V = rng.normal(size=(60, 3)).astype(np.float32)
+def test_jittered_retry_on_singular_matrix(rng):
+    V = rng.normal(size=(60, 3))
     K = V @ V.T  # rank 3: not positive definite without a ridge
-    Y = rng.normal(size=(60, 1)).astype(np.float32)
+    Y = rng.normal(size=(60, 1))
     with pytest.warns(NumericalWarning, match="jitter"):
         got = solve_direct(K, Y, 0.0)
     assert got.jitter > 0
     assert np.all(np.isfinite(got.x))
+
+
+@pytest.mark.filterwarnings("error")
+def test_float32_entries_get_only_jitters_within_their_resolution_and_a_tenth_of_reg(rng):
+    """A float32 kernel is factored in float64 (as the exact system does). Indefinite by 1e-5
+    beyond the ridge, it is factored quietly with a jitter of 100 float32 ulps of its diagonal
+    (4e-5 here, below reg / 10); indefinite by 1e-3 beyond it, it is refused (the fit then solves
+    the round in float64), never silently over-regularised."""
+    V = rng.normal(size=(60, 3))
+    Y = rng.normal(size=(60, 1))
+    reg, eps32 = 1e-3, float(np.finfo(np.float32).eps)
+    for excess, fits in ((1e-5, True), (1e-3, False)):
+        K = (V @ V.T - (reg + excess) * np.eye(60)).astype(np.float32).astype(np.float64)
+        if not fits:
+            with pytest.raises(np.linalg.LinAlgError, match="positive definite"):
+                solve_direct(K, Y, reg, resolution=eps32)
+            continue
+        got = solve_direct(K, Y, reg, resolution=eps32)
+        assert excess < got.jitter <= reg / 10
+        want = np.linalg.solve(K + (reg + got.jitter) * np.eye(60), Y)
+        np.testing.assert_allclose(got.x, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
 
 
 def test_clear_error_when_jitter_is_not_enough():

@@ -108,13 +108,13 @@ def test_fused_block_operations_equal_the_reference(small_tiles, dtype, form, ke
     for out in (np.empty_like(K), np.empty((n_rows, N_CENTERS + 3), dtype)[:, 1:-2]):
         assert fus.block(X, out=out) is out
         assert_entries_close(out, K, dtype)
-    Xt, x_sq = ref.transform(X)
-    assert_entries_close(fus.gradient_weights(Xt, x_sq), ref.gradient_weights(Xt, x_sq), dtype)
+    rows = ref.transform(X)
+    assert_entries_close(fus.gradient_weights(rows), ref.gradient_weights(rows), dtype)
     if n_rows >= 20:  # the coincident pairs: exactly 1, and no gradient weight (x = z)
         coincident = fus.block(X[:20])[np.arange(20), np.arange(20)]
         np.testing.assert_array_equal(coincident, 1.0)
         if kernel == "laplace":
-            weights = fus.gradient_weights(Xt[:20], x_sq[:20])[np.arange(20), np.arange(20)]
+            weights = fus.gradient_weights(rows[:20])[np.arange(20), np.arange(20)]
             np.testing.assert_array_equal(weights, 0.0)
     gen = np.random.default_rng(5)
     # Loops and BLAS for the products; gradient weights per tile (c d <= 256) and per strip (60 x 5).
@@ -128,11 +128,11 @@ def test_fused_block_operations_equal_the_reference(small_tiles, dtype, form, ke
         magnitude = np.abs(K.T) @ (np.abs(K) @ np.abs(V))
         assert_product_close(fused.normal_matvec(fus, X, V), want, magnitude, dtype)
         # The AGOP's two gradient GEMMs, in the kernel's dtype and in float32 (the fits' default).
-        W = ref.gradient_weights(Xt, x_sq)
+        W = ref.gradient_weights(rows)
         for gemm_dtype in {dtype, np.float32}:
             operand = GradientOperand.build(fus, V, gemm_dtype)
             terms, row_weights = fused.gradient_terms(
-                fus, Xt, x_sq, operand.weighted_centers, operand.coef
+                fus, rows, operand.weighted_centers, operand.coef
             )
             Wg = W.astype(gemm_dtype)
             for got, right in ((terms, operand.weighted_centers), (row_weights, operand.coef)):

@@ -93,7 +93,9 @@ def test_a_second_fit_is_refused_while_the_first_runs_and_resumes_after_it_dies(
     resumed = RFMRegressor(**params).fit(X, y, store=path, resume=True)
     reference = RFMRegressor(**params).fit(X, y)
     np.testing.assert_allclose(resumed.predict(X), reference.predict(X), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(rfmdist.load(path).predict(X), reference.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(
+        rfmdist.load(path).predict(X), reference.predict(X), rtol=1e-6, atol=1e-6
+    )
     assert not os.path.exists(f"{path}.lock")
 
 

@@ -17,6 +17,13 @@ from rfmdist.exceptions import NumericalWarning
 logger = logging.getLogger(__name__)
 
 MAX_JITTER_TRIES = 6
+# A matrix whose entries are only float32-accurate (a float32 kernel, cast to float64 for the
+# factorisation) gets at most this many jitters: 100 and 1,000 float32 ulps of its mean diagonal,
+# within the kernel's own rounding, and none above this share of the ridge (see
+# coarse_jitter_limit). Beyond them the jitter would change the solution (a float32 kernel
+# indefinite by more than that): the round loop solves it with a float64 kernel instead.
+COARSE_JITTER_TRIES = 2
+COARSE_JITTER_SHARE_OF_REG = 0.1
 # solve_mixed: relative residual reached by the float64 refinement, and its iteration cap.
 MIXED_TOL = 1e-10
 MIXED_MAX_ITER = 50
@@ -57,12 +64,13 @@ def cholesky_jittered(
     resolution: float | None = None,
     warn: bool = True,
     overwrite: bool = False,
+    max_jitter: float = np.inf,
 ) -> tuple[Any, float]:
     """Lower Cholesky factor of ``A + (shift + jitter) I`` with the smallest jitter that works.
 
-    The jitter starts at 0, then ``100 eps(dtype) mean(diag A)`` growing 10x per try, with a
-    :class:`~rfmdist.exceptions.NumericalWarning` when used; after ``MAX_JITTER_TRIES`` the error says how
-    to fix it.
+    The jitter starts at 0, then ``100 eps mean(diag A)`` growing 10x per try (``eps`` the
+    resolution of ``A``'s entries), with a :class:`~rfmdist.exceptions.NumericalWarning` when used;
+    after :func:`jitter_tries` tries the error says how to fix it.
 
     Parameters
     ----------
@@ -74,7 +82,8 @@ def cholesky_jittered(
         Name of the matrix in messages.
     resolution : float, optional
         Relative accuracy of ``A``'s entries (default: the epsilon of its dtype). A float32 kernel
-        cast to float64 for the factorisation is only float32-accurate: pass float32's epsilon.
+        cast to float64 for the factorisation is only float32-accurate: pass float32's epsilon
+        (which also limits the tries to :data:`COARSE_JITTER_TRIES`).
     warn : bool, default True
         Warn when a jitter was needed. Preconditioners pass False: their jitter changes how fast CG
         converges, never the solution.
@@ -82,6 +91,8 @@ def cholesky_jittered(
         Factor ``A`` in place (NumPy; no ``n x n`` copy): ``A`` becomes the factor in its lower
         triangle (its strict upper triangle stays ``A``'s). A failed try is undone from that upper
         triangle before the next.
+    max_jitter : float, default inf
+        No jitter above this is tried (:func:`coarse_jitter_limit`).
 
     Returns
     -------
@@ -99,8 +110,12 @@ def cholesky_jittered(
     base = 100 * eps * max(diag_mean, 1e-30)
     index = xp.arange(n)
     in_place = overwrite and xp is np and A.flags.c_contiguous
-    jitter = 0.0
-    for attempt in range(MAX_JITTER_TRIES + 1):
+    coarse = eps > np.finfo(np.float64).eps
+    tried = 0.0
+    for attempt in range(jitter_tries(eps) + 1):
+        jitter = 0.0 if attempt == 0 else base * 10.0 ** (attempt - 1)
+        if jitter > max_jitter:
+            break
         shifted = A if in_place else A.copy()
         shifted[index, index] = diagonal + (shift + jitter)
         try:
@@ -109,28 +124,55 @@ def cholesky_jittered(
             logger.debug("Cholesky of %s failed with jitter %.3g (try %d)", what, jitter, attempt)
             if in_place:
                 _restore_lower_triangle(A, diagonal)
-            jitter = base * 10.0**attempt
+            tried = jitter
             continue
-        if jitter and not warn:
+        if jitter and (coarse or not warn):
+            # Within the entries' own rounding (coarse), or a preconditioner's (not warn): the
+            # solution is the one asked for, to the entries' accuracy.
             logger.debug("%s factored with an extra diagonal jitter of %.3g", what, jitter)
         elif jitter:
-            remedy = (
-                "a larger reg (duplicate rows among the centers also cause it)"
-                if resolution is None and A.dtype == np.float64
-                else "dtype='float64' or a larger reg"
-            )
             warnings.warn(
                 f"{what} was not numerically positive definite in {A.dtype}; factored it with an "
-                f"extra diagonal jitter of {jitter:.3g}. Use {remedy} to avoid it.",
+                f"extra diagonal jitter of {jitter:.3g}. Use a larger reg to avoid it (duplicate "
+                "rows among the centers also cause it).",
                 NumericalWarning,
                 stacklevel=3,
             )
         return factor, jitter
     raise np.linalg.LinAlgError(
         f"Expected {what} to be positive definite, but Cholesky failed in {A.dtype} even with a "
-        f"diagonal jitter of {jitter:.3g}. Check the input for duplicated or degenerate rows, or use "
+        f"diagonal jitter of {tried:.3g}. Check the input for duplicated or degenerate rows, or use "
         "dtype='float64' or a larger reg."
     )
+
+
+def coarse_jitter_limit(resolution: float, reg: float) -> float:
+    """The largest jitter a direct solve of a kernel system with entries of relative accuracy
+    ``resolution`` may add to a regulariser of size ``reg`` (``reg I``, or ``reg K_mm`` whose
+    diagonal is 1): none limit at float64's resolution, :data:`COARSE_JITTER_SHARE_OF_REG` of ``reg``
+    coarser, so that a float32 fit solves the ridge problem it was asked to (or is solved again in
+    float64).
+
+    Examples
+    --------
+    >>> coarse_jitter_limit(float(np.finfo(np.float32).eps), 1e-3)
+    0.0001
+    """
+    if resolution <= np.finfo(np.float64).eps:
+        return float("inf")
+    return COARSE_JITTER_SHARE_OF_REG * reg
+
+
+def jitter_tries(resolution: float) -> int:
+    """How many jitters :func:`cholesky_jittered` tries for entries of relative accuracy
+    ``resolution``: :data:`MAX_JITTER_TRIES` at float64's, :data:`COARSE_JITTER_TRIES` coarser.
+
+    Examples
+    --------
+    >>> jitter_tries(float(np.finfo(np.float64).eps)), jitter_tries(float(np.finfo(np.float32).eps))
+    (6, 2)
+    """
+    return MAX_JITTER_TRIES if resolution <= np.finfo(np.float64).eps else COARSE_JITTER_TRIES
 
 
 def _restore_lower_triangle(A: np.ndarray, diagonal: np.ndarray, block: int = 1024) -> None:
@@ -145,7 +187,9 @@ def _restore_lower_triangle(A: np.ndarray, diagonal: np.ndarray, block: int = 10
     A[np.arange(n), np.arange(n)] = diagonal
 
 
-def solve_direct(K: Any, B: Any, reg: float, *, overwrite: bool = False) -> DirectResult:
+def solve_direct(
+    K: Any, B: Any, reg: float, *, overwrite: bool = False, resolution: float | None = None
+) -> DirectResult:
     """Solve ``(K + reg I) x = B`` by Cholesky factorisation (jittered if needed).
 
     Parameters
@@ -157,6 +201,8 @@ def solve_direct(K: Any, B: Any, reg: float, *, overwrite: bool = False) -> Dire
         Ridge ``lambda >= 0`` added to the diagonal.
     overwrite : bool, default False
         Factor ``K`` in place (no ``n x n`` copy; NumPy).
+    resolution : float, optional
+        Relative accuracy of ``K``'s entries (see :func:`cholesky_jittered`).
 
     Returns
     -------
@@ -165,7 +211,14 @@ def solve_direct(K: Any, B: Any, reg: float, *, overwrite: bool = False) -> Dire
     start = time.perf_counter()
     if B.shape[0] != K.shape[0]:
         raise ValueError(f"Expected B with as many rows as K, found K {K.shape} and B {B.shape}.")
-    factor, jitter = cholesky_jittered(K, reg, overwrite=overwrite)
+    eps = float(np.finfo(K.dtype).eps) if resolution is None else resolution
+    factor, jitter = cholesky_jittered(
+        K,
+        reg,
+        overwrite=overwrite,
+        resolution=eps,
+        max_jitter=coarse_jitter_limit(eps, reg),
+    )
     B = B.astype(K.dtype, copy=False)
     x = solve_triangular(factor, solve_triangular(factor, B, lower=True), lower=True, trans=True)
     return DirectResult(x=x, jitter=jitter, seconds=time.perf_counter() - start)
@@ -179,6 +232,7 @@ def solve_mixed(
     tol: float = MIXED_TOL,
     max_iter: int = MIXED_MAX_ITER,
     scratch: Any = None,
+    resolution: float | None = None,
 ) -> DirectResult:
     """Solve ``(K + reg I) x = B`` to float64 accuracy with a float32 Cholesky factor.
 
@@ -202,6 +256,9 @@ def solve_mixed(
     scratch : array, shape (n, n), float32, optional
         ``K`` in float32, which may be overwritten by its factor (saves a copy when the kernel was
         computed in float32).
+    resolution : float, optional
+        Relative accuracy of ``K``'s entries, for the float64 Cholesky that follows a refinement
+        that did not converge (see :func:`cholesky_jittered`).
 
     Returns
     -------
@@ -244,7 +301,7 @@ def solve_mixed(
             result.iterations,
             tol,
         )
-        fallback = solve_direct(K, B, reg)
+        fallback = solve_direct(K, B, reg, resolution=resolution)
         return DirectResult(
             fallback.x,
             fallback.jitter,

@@ -12,6 +12,15 @@ accuracy) or by preconditioned conjugate gradient (float64 iterate over
 kernel products in the kernel's dtype), optionally warm-started, and returns the coefficients, the
 training rows' predictions (without another pass where the solve gives them) and a JSON record. The
 solvers themselves know nothing of kernels (:mod:`rfmdist.solvers.cg`, :mod:`rfmdist.solvers.direct`).
+
+Precision of the direct solves with a float32 kernel: the exact system factors the float32 kernel's
+values in float64; the Nyström system forms ``K_nm^T K_nm`` by float64 GEMMs of the float32 entries
+(their products are exact in float64, so the sum is a Gram matrix to float64 resolution; a float32
+GEMM's rounding, 1e-7 of its largest entries, made it indefinite by more than ``reg K_mm``'s
+smallest eigenvalues: jitters up to 2e-3 failed at 300,000 rows and 8,400 centers on a GPU) and
+takes ``K_mm`` from a float64 kernel. Diagonal jitters are scaled to the kernel's resolution
+(:func:`~rfmdist.solvers.direct.cholesky_jittered`); a float32 kernel indefinite beyond them raises
+``LinAlgError``, which the round loop answers with a float64 kernel for that round.
 """
 
 from __future__ import annotations
@@ -25,7 +34,12 @@ import numpy as np
 from rfmdist.backend import get_namespace, solve_triangular
 from rfmdist.memory import Workspace
 from rfmdist.solvers.cg import Callback, conjugate_gradient
-from rfmdist.solvers.direct import cholesky_jittered, solve_direct, solve_mixed
+from rfmdist.solvers.direct import (
+    cholesky_jittered,
+    coarse_jitter_limit,
+    solve_direct,
+    solve_mixed,
+)
 from rfmdist.solvers.preconditioners import CentersPreconditioner, NystromPreconditioner
 
 
@@ -95,6 +109,7 @@ class ExactSystem:
         self.Y = Y
         self.reg = float(reg)
         self.workspace = Workspace() if workspace is None else workspace
+        self.resolution = float(np.finfo(op.prepared.dtype).eps)
 
     @property
     def n_rows(self) -> int:
@@ -148,14 +163,18 @@ class ExactSystem:
         # Factor in float64 whatever the kernel dtype: a float32 Cholesky of a feature-learned
         # kernel (norm ~ n, reg 1e-3) fails or needs a jitter comparable to reg itself.
         K = self._dense("kernel64", np.float64)
-        return self._outcome(solve_direct(K, self.Y, self.reg, overwrite=True))
+        return self._outcome(
+            solve_direct(K, self.Y, self.reg, overwrite=True, resolution=self.resolution)
+        )
 
     def solve_mixed(self) -> SolveOutcome:
         """Float32 Cholesky of ``K + reg I`` refined to float64 accuracy
         (:func:`~rfmdist.solvers.direct.solve_mixed`)."""
         K64 = self._dense("kernel64", np.float64)
         scratch = self._dense("factor32", np.float32, source=K64)
-        return self._outcome(solve_mixed(K64, self.Y, self.reg, scratch=scratch))
+        return self._outcome(
+            solve_mixed(K64, self.Y, self.reg, scratch=scratch, resolution=self.resolution)
+        )
 
     def _outcome(self, result: Any) -> SolveOutcome:
         coef = result.x.astype(np.float64, copy=False)
@@ -176,7 +195,7 @@ class NystromSystem:
     op : BlockedKernelOperator or DaskKernelOperator
         The kernel of the rows against the centers.
     K_mm : array, shape (m, m)
-        The kernel among the centers.
+        The kernel among the centers (float64: :func:`centers_kernel`).
     Y : array or dask.array.Array, shape (n, c), float64
         Targets (a Dask array with the rows' chunks for Dask operators).
     reg : float
@@ -187,7 +206,7 @@ class NystromSystem:
     def __init__(self, op: Any, K_mm: Any, Y: Any, reg: float) -> None:
         self.op = op
         self.K_mm = K_mm.astype(get_namespace(K_mm).float64)
-        self.resolution = float(np.finfo(K_mm.dtype).eps)
+        self.resolution = float(np.finfo(op.prepared.dtype).eps)
         self.Y = Y
         self.reg = float(reg)
         self._rhs: Any = None
@@ -226,7 +245,13 @@ class NystromSystem:
         gram, rhs = self.op.gram_and_rmatvec(self.Y)
         self._rhs = xp.asarray(rhs, dtype=np.float64)
         A = xp.asarray(gram, dtype=np.float64) + self.reg * self.K_mm
-        factor, jitter = cholesky_jittered(A, 0.0, what="K_nm^T K_nm + reg K_mm")
+        factor, jitter = cholesky_jittered(
+            A,
+            0.0,
+            what="K_nm^T K_nm + reg K_mm",
+            resolution=self.resolution,
+            max_jitter=coarse_jitter_limit(self.resolution, self.reg),
+        )
         rhs = self.rhs()
         coef = solve_triangular(
             factor, solve_triangular(factor, rhs, lower=True), lower=True, trans=True
@@ -238,6 +263,24 @@ class NystromSystem:
         """None: the training predictions would cost a pass over the data (the round loop scores a
         sample of the rows instead)."""
         return None
+
+
+def centers_kernel(prepared: Any, centers: Any) -> Any:
+    """``K_mm``, the kernel among the centers, in float64 whatever the kernel's dtype: the
+    regulariser ``reg K_mm`` of the Nyström system must be positive semi-definite to the
+    resolution of the system, which a float32 Laplace kernel is not (and ``m^2 d`` is little next to
+    a pass's ``n m d``).
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+    centers : array, shape (m, d)
+
+    Returns
+    -------
+    array, shape (m, m), float64
+    """
+    return prepared.astype(np.float64).block(centers)
 
 
 def solve_pcg(system: Any, settings: PCGSettings, *, x0: Any = None) -> SolveOutcome:
