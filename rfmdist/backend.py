@@ -35,8 +35,9 @@ def cupy_module() -> ModuleType:
     cupy = _cupy()
     if cupy is None:
         raise ImportError(
-            "GPU arrays need CuPy, which is not installed. "
-            "Install it with: pip install 'rfmdist[gpu]' (CUDA 12 wheels), or use device='cpu'."
+            "GPU arrays need CuPy, which is not installed. Install it for the machine's CUDA "
+            "version (nvidia-smi shows it): pip install 'rfmdist[cuda12]' or 'rfmdist[cuda13]'; "
+            "or use device='cpu'."
         )
     return cupy
 
@@ -207,12 +208,6 @@ def resolve_device(device: str) -> str:
             "device='auto' to fall back to the CPU, or device='cpu'."
         )
     return "gpu"
-
-
-def default_dtype(device: str) -> np.dtype:
-    """Kernel dtype when the estimator's ``dtype`` is None: float64 on the CPU, float32 on a GPU
-    (whose float64 GEMM rate is a small fraction of its float32 rate on most cards)."""
-    return np.dtype(np.float32 if device == "gpu" else np.float64)
 
 
 def working_namespace(device: str) -> ModuleType:

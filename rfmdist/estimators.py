@@ -25,7 +25,6 @@ from rfmdist import memory
 from rfmdist.agop import normalized_diagonal
 from rfmdist.backend import (
     DEVICES,
-    default_dtype,
     get_namespace,
     gpu_available,
     is_cupy_array,
@@ -64,6 +63,7 @@ from rfmdist.pipeline import (
     internal_split,
     mean_squared_error,
 )
+from rfmdist.precision import choose_dtype
 from rfmdist.store import StoredRun, read_store, save_location, store_location
 from rfmdist.training import SOLVERS, RoundConfig, RoundOutcome
 
@@ -164,7 +164,7 @@ class _RFMBase(BaseEstimator):
     device : {'cpu', 'gpu', 'auto'}, default='cpu'
         Where the kernel passes run. 'gpu': NumPy and Dask/Zarr inputs are copied to the GPU (Dask
         chunk by chunk, on the workers when a distributed client is active); needs CuPy
-        (``pip install 'rfmdist[gpu]'``) and a GPU it can allocate on. 'auto': the GPU when one is
+        (``pip install 'rfmdist[cuda12]'`` or ``'rfmdist[cuda13]'``) and a GPU it can allocate on. 'auto': the GPU when one is
         usable, else the CPU (so the default dtype, too, then depends on the machine). 'cpu': CuPy
         inputs are copied to the host. The fitted model (``model_``, ``M_``, ``coef_``, the store) is
         always NumPy; ``predict`` returns the input's array type and, for a model fitted with 'gpu'
@@ -293,7 +293,7 @@ class _RFMBase(BaseEstimator):
     # --- fitting -----------------------------------------------------------------------------------
 
     def _round_config(self, seed: int, device: str = "cpu") -> RoundConfig:
-        dtype = default_dtype(device) if self.dtype is None else np.dtype(self.dtype)
+        dtype = choose_dtype(self.dtype, device)
         tol = DEFAULT_TOL if self.tol is None else self.tol
         return RoundConfig(
             kernel=self.kernel,
@@ -308,7 +308,8 @@ class _RFMBase(BaseEstimator):
             preconditioner_rank=int(self.preconditioner_rank),
             cache_kernel=self.cache_kernel,
             split_every=int(self.split_every),
-            dtype=dtype,
+            dtype=dtype.dtype,
+            dtype_reason=dtype.reason,
             seed=seed,
             device=device,
             tf32=bool(self.tf32),

@@ -43,7 +43,7 @@ from rfmdist.data import is_dask_array, on_device, take_rows
 from rfmdist.fingerprint import column_statistics
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import active_client, chunk_rows_for
-from rfmdist.sizing import CentersChoice, auto_centers, cluster_cores, local_cores
+from rfmdist.sizing import CentersChoice, auto_centers, fit_capacity
 from rfmdist.solvers import costs
 from rfmdist.store import (
     RunHeader,
@@ -343,7 +343,7 @@ def centers_choice(settings: FitSettings, n_rows: int, n_features: int) -> Cente
     return auto_centers(
         n_rows,
         n_features,
-        local_cores() if client is None else cluster_cores(client),
+        fit_capacity(settings.rounds.device, settings.rounds.dtype, client),
         memory.available_bytes(settings.rounds.device),
         worker_bytes=None if client is None else memory.worker_bytes(client),
         split_every=settings.rounds.split_every,
@@ -507,7 +507,7 @@ class FitPipeline:
         target_scaling = Standardizer.fit(targets.Y) if targets.scale else Standardizer()
         Y = target_scaling.transform(targets.Y, np.float64)
         seed = self._seed(previous)
-        config = dataclasses.replace(self.settings.rounds, seed=seed)
+        config = self._config(seed, previous)
         n = int(X.shape[0])
         split = (
             internal_split(
@@ -583,6 +583,20 @@ class FitPipeline:
         }
         vectors = vectors | {f"eval_{k}": v for k, v in eval_vectors.items()}
         return fingerprint | {"eval_set": summary}, vectors, statistics
+
+    def _config(self, seed: int, previous: StoredRun | None) -> RoundConfig:
+        """The rounds' settings with the fit's seed, and the kernel dtype of the run being resumed
+        (its records say which it was: another device may choose another); logged."""
+        config = dataclasses.replace(self.settings.rounds, seed=seed)
+        stored = previous.history[0].get("dtype_choice") if previous and previous.history else None
+        if stored is not None:
+            config = dataclasses.replace(
+                config,
+                dtype=np.dtype(stored["dtype"]),
+                dtype_reason=f"{stored['reason']} (the run being resumed)",
+            )
+        logger.info("kernel dtype %s: %s", config.dtype, config.dtype_reason)
+        return config
 
     def _seed(self, previous: StoredRun | None) -> int:
         """The fit's seed: the resumed run's, else one draw from ``random_state``."""

@@ -1,11 +1,16 @@
 """How big a default fit is: the Nyström centers, the row chunks and the AGOP sample, from the data's
 size and the machine that fits it.
 
-``centers='auto'`` (:func:`auto_centers`) gives each round a work budget that follows the cores:
+``centers='auto'`` (:func:`auto_centers`) gives each round a work budget that follows the compute
+that runs the passes (:func:`fit_capacity`), counted in the reference machine's cores:
 
 - *work*: a round may cost what the exact system of :data:`REFERENCE_EXACT_ROWS` rows costs on
   :data:`REFERENCE_CORES` cores (its Cholesky, ``n^3 / 3`` multiply-adds), scaled with the cores
-  that run the fit, ``W = cores / REFERENCE_CORES x REFERENCE_EXACT_ROWS^3 / 3``. The exact system
+  that run the fit, ``W = cores / REFERENCE_CORES x REFERENCE_EXACT_ROWS^3 / 3``. CPU cores count
+  one each; a GPU counts as many reference cores as its measured GEMM rate in the kernel's dtype is
+  a multiple of a reference core's (:data:`REFERENCE_GEMM_FLOPS` / :data:`REFERENCE_CORES`), so that
+  a round costs about the seconds it costs on the reference machine, on any device (an H200 at
+  ~50 TFLOP/s counts as ~2,000 cores). The exact system
   (all rows as centers) is used while it fits that budget (``n^3 / 3 <= W``) and its two ``n x n``
   arrays fit the client's memory; beyond, a Nyström round's passes cost ``n m (m + d)``
   multiply-adds (the ``m x m`` Gram matrix ``K_nm^T K_nm`` and the kernel itself), and ``m`` is the
@@ -41,6 +46,9 @@ from typing import Any
 #: The reference: the exact system of this many rows on this many cores is one round's work budget.
 REFERENCE_EXACT_ROWS = 20_000
 REFERENCE_CORES = 2
+#: The reference machine's float64 GEMM rate on its REFERENCE_CORES cores (measured: about 50
+#: GFLOP/s), the unit in which a GPU's measured rate counts as cores.
+REFERENCE_GEMM_FLOPS = 5e10
 #: float64 ``m x m`` (``n x n`` for the exact system: 2) arrays the client holds in a round.
 CLIENT_SQUARES = 8
 EXACT_SQUARES = 2
@@ -61,6 +69,69 @@ def cluster_cores(client: Any) -> int:
     """The worker threads of a distributed ``client`` (the cores its passes run on)."""
     workers = client.scheduler_info().get("workers", {})
     return max(1, sum(int(info.get("nthreads", 1)) for info in workers.values()))
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The compute that runs a fit's passes, in the reference machine's cores.
+
+    Attributes
+    ----------
+    cores : int
+        Reference cores (CPU cores count one each).
+    what : str
+        What they are, for the log.
+    """
+
+    cores: int
+    what: str
+
+
+def cpu_capacity(cores: int) -> Capacity:
+    """``cores`` CPU cores.
+
+    Examples
+    --------
+    >>> cpu_capacity(2)
+    Capacity(cores=2, what='2 cores')
+    """
+    return Capacity(cores, f"{cores} cores")
+
+
+def gpu_capacity(gpus: int, gemm_flops: float, dtype: str) -> Capacity:
+    """``gpus`` GPUs whose GEMM in ``dtype`` was measured at ``gemm_flops`` flop/s each, counted
+    as reference cores (rounded down to two digits, so that the noise of the measurement rarely
+    changes the centers).
+
+    Examples
+    --------
+    >>> gpu_capacity(1, 51e12, "float64").cores
+    2000
+    """
+    cores = _two_digits(int(REFERENCE_CORES * gpus * gemm_flops / REFERENCE_GEMM_FLOPS))
+    gpus_at = "1 GPU at" if gpus == 1 else f"{gpus} GPUs at"
+    each = "" if gpus == 1 else " each"
+    return Capacity(
+        cores,
+        f"{gpus_at} {gemm_flops / 1e12:.1f} TFLOP/s{each} ({dtype} GEMM, measured), as "
+        f"{cores:,} reference cores",
+    )
+
+
+def fit_capacity(device: str, dtype: Any, client: Any = None) -> Capacity:
+    """What runs the passes of a fit on ``device`` with a kernel of ``dtype``: this process's cores
+    or a distributed ``client``'s worker threads; on a GPU, this process's GPU (its GEMM rate
+    measured once per process, :func:`rfmdist.solvers.costs.gemm_rates`) or one per worker."""
+    if device == "gpu":
+        import numpy as np
+
+        from rfmdist.solvers.costs import gemm_rates
+        from rfmdist.threads import blas_threads
+
+        name = np.dtype(dtype).name
+        gpus = 1 if client is None else max(1, len(client.scheduler_info().get("workers", {})))
+        return gpu_capacity(gpus, gemm_rates("gpu", blas_threads())[name], name)
+    return cpu_capacity(local_cores() if client is None else cluster_cores(client))
 
 
 def work_budget(cores: int) -> float:
@@ -86,30 +157,34 @@ class CentersChoice:
         Nyström centers, or None for the exact system (all rows).
     bound : str
         What set it: 'exact', 'work', 'sqrt(n)', 'memory', or 'stored' (a resumed run's count).
-    cores : int
+    capacity : Capacity
+        The compute whose work budget it is.
     """
 
     n_centers: int | None
     bound: str
-    cores: int
+    capacity: Capacity
 
     def describe(self, n_rows: int) -> str:
         """One line for the start of a fit."""
         if self.n_centers is None:
-            return f"the exact system (all {n_rows:,} rows as centers; {self.cores} cores)"
+            return f"the exact system (all {n_rows:,} rows as centers; {self.capacity.what})"
         why = {
-            "work": f"a round's work budget on {self.cores} cores",
+            "work": "a round's work budget",
             "sqrt(n)": "the floor of sqrt(n) centers",
             "memory": "the memory of the client or the workers",
             "stored": "the run being resumed",
         }[self.bound]
-        return f"{self.n_centers:,} Nyström centers of {n_rows:,} rows (set by {why})"
+        return (
+            f"{self.n_centers:,} Nyström centers of {n_rows:,} rows (set by {why}; "
+            f"{self.capacity.what})"
+        )
 
 
 def auto_centers(
     n_rows: int,
     n_features: int,
-    cores: int,
+    cores: int | Capacity,
     client_bytes: int,
     worker_bytes: int | None = None,
     split_every: int = 8,
@@ -120,8 +195,8 @@ def auto_centers(
     ----------
     n_rows, n_features : int
         The rows the rounds fit and their features.
-    cores : int
-        Cores the passes run on (:func:`cluster_cores` or :func:`local_cores`).
+    cores : int or Capacity
+        What the passes run on (:func:`fit_capacity`; an int is that many CPU cores).
     client_bytes : int
         Memory the solver's process may use (:func:`rfmdist.memory.available_bytes`).
     worker_bytes : int, optional
@@ -136,11 +211,12 @@ def auto_centers(
     >>> auto_centers(1_000_000, 20, cores=2, client_bytes=8 * 2**30).n_centers
     1600
     """
-    budget = work_budget(cores)
+    capacity = cores if isinstance(cores, Capacity) else cpu_capacity(cores)
+    budget = work_budget(capacity.cores)
     client_bytes = max(0, int(client_bytes))
     exact_by_memory = math.isqrt(client_bytes // (EXACT_SQUARES * 8))
     if n_rows**3 / 3.0 <= budget and n_rows <= exact_by_memory:
-        return CentersChoice(None, "exact", cores)
+        return CentersChoice(None, "exact", capacity)
     d = n_features
     by_work = int((-d + math.sqrt(d * d + 4.0 * budget / n_rows)) / 2)
     by_memory = math.isqrt(client_bytes // (CLIENT_SQUARES * 8))
@@ -152,4 +228,4 @@ def auto_centers(
     if by_memory < m:
         m, bound = by_memory, "memory"
     m = min(_two_digits(max(1, m)), n_rows)
-    return CentersChoice(m, bound, cores)
+    return CentersChoice(m, bound, capacity)

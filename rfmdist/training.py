@@ -88,6 +88,7 @@ class RoundConfig:
     cache_kernel : bool or 'auto'
     split_every : int
     dtype : numpy.dtype
+        The kernel's dtype (:func:`rfmdist.precision.choose_dtype`).
     seed : int
     device : {'cpu', 'gpu'}
         Where the kernel passes run (resolved from the estimator's ``device``).
@@ -99,6 +100,8 @@ class RoundConfig:
         Stop once the validation score has not improved for this many rounds (None: never).
     time_budget : float or None
         Wall-clock seconds for the rounds (None: no limit).
+    dtype_reason : str
+        Why ``dtype`` (recorded with every round).
     """
 
     kernel: str
@@ -120,6 +123,7 @@ class RoundConfig:
     normalize_agop: str | None = "max"
     n_iter_no_change: int | None = None
     time_budget: float | None = None
+    dtype_reason: str = "as requested"
 
 
 @dataclass
@@ -531,6 +535,8 @@ def iterate_rounds(
             "solver_choice": choice_record,
             "n_centers": m,
             "cached_kernel": cache,
+            "dtype": op.prepared.dtype.name,
+            "dtype_choice": {"dtype": np.dtype(config.dtype).name, "reason": config.dtype_reason},
             "solve": solved.record,
             "train_score": None,
             "train_score_rows": None,

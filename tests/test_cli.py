@@ -339,7 +339,7 @@ def test_gpus_without_dask_cuda(files, tmp_path, capsys):
         pass
     out = tmp_path / "m.zarr"
     code, _, err = run_cli(fit_args(files["csv"], out, "--gpus"), capsys)
-    assert_bad_input(code, err, "pip install 'rfmdist[gpu]'")
+    assert_bad_input(code, err, "pip install 'rfmdist[cuda12]'")
     assert not out.exists()
 
 

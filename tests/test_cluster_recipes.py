@@ -453,11 +453,13 @@ def test_missing_dask_cuda_message(
         local_gpu.require_dask_cuda()
     message = str(info.value)
     assert "expected the dask-cuda package" in message and "found" in message
-    assert "pip install 'rfmdist[gpu]' dask-cuda" in message
+    assert "pip install 'rfmdist[cuda12]' (or 'rfmdist[cuda13]' on CUDA 13)" in message
     with pytest.raises(SystemExit) as exit_info:
         local_gpu.main(["--", "--train", "a.parquet", "--out", "m.zarr"])
     assert exit_info.value.code == 2
-    assert "pip install 'rfmdist[gpu]' dask-cuda" in capsys.readouterr().err
+    assert (
+        "pip install 'rfmdist[cuda12]' (or 'rfmdist[cuda13]' on CUDA 13)" in capsys.readouterr().err
+    )
 
 
 def test_every_recipe_has_a_readme() -> None:

@@ -77,6 +77,31 @@ def test_centers_never_shrink_with_more_cores_or_memory():
         assert by_memory == sorted(by_memory)
 
 
+def test_a_gpu_counts_as_the_reference_cores_its_measured_rate_is_worth():
+    """An H200's float64 GEMM (~51 TFLOP/s against the reference machine's 50 GFLOP/s on 2 cores)
+    counts as ~2,000 cores: a round costs what it costs on the reference machine. On 300,000 rows
+    that buys all the centers the GPU's memory holds (the first GPU run's 'auto' counted the GPU as
+    one host core: 8,400 centers), and the exact system up to the rows whose two n x n arrays fit."""
+    h200 = sizing.gpu_capacity(1, 51e12, "float64")
+    assert (
+        h200.cores == 2000 and "51.0 TFLOP/s" in h200.what and "2,000 reference cores" in h200.what
+    )
+    assert sizing.gpu_capacity(4, 51e12, "float64").cores == 8100  # 8,160 to two digits
+    gpu_memory = 70 * 10**9  # half of an H200's 141 GB
+    choice = auto_centers(300_000, 20, h200, client_bytes=gpu_memory)
+    assert choice.bound == "memory" and choice.n_centers > 8_400
+    assert sizing.CLIENT_SQUARES * choice.n_centers**2 * 8 <= gpu_memory
+    assert h200.what in choice.describe(300_000)
+    exact = auto_centers(60_000, 20, h200, client_bytes=gpu_memory)
+    assert exact.n_centers is None and h200.what in exact.describe(60_000)
+    assert auto_centers(70_000, 20, h200, client_bytes=gpu_memory).n_centers is not None
+    # Counted as cores, the GPU gets what that many CPU cores would.
+    assert choice == auto_centers(300_000, 20, 2000, client_bytes=gpu_memory).__class__(
+        choice.n_centers, choice.bound, h200
+    )
+    assert sizing.fit_capacity("cpu", np.float64) == sizing.cpu_capacity(sizing.local_cores())
+
+
 def test_a_fit_uses_logs_and_stores_the_rule(monkeypatch, caplog, tmp_path):
     # A smaller reference so that 2,000 rows take Nyström centers (the rule is the same).
     monkeypatch.setattr(sizing, "REFERENCE_EXACT_ROWS", 300)

@@ -30,7 +30,7 @@ logger = logging.getLogger("rfmdist.cluster.local_gpu")
 
 DeviceId = int | str
 
-INSTALL_HINT = "pip install 'rfmdist[gpu]' dask-cuda"
+INSTALL_HINT = "pip install 'rfmdist[cuda12]' (or 'rfmdist[cuda13]' on CUDA 13)"
 
 
 class DaskCudaMissingError(ImportError):

@@ -317,7 +317,7 @@ def _require_dask_cuda_for_gpu(spec: WorkerJobSpec) -> None:
         raise JobQueueImportError(
             "expected dask-cuda in this environment (the GPU jobs run "
             f"'python -m {GPU_WORKER_MODULE}' with the same Python), found it is not "
-            f"importable ({exc}); fix: pip install 'rfmdist[gpu]' dask-cuda, or pass "
+            f"importable ({exc}); fix: pip install 'rfmdist[cuda12]' (or 'rfmdist[cuda13]' on CUDA 13), or pass "
             "--python pointing at a GPU environment on the compute nodes."
         ) from exc
 

@@ -23,7 +23,7 @@ from rfmdist.cli.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-GPU_INSTALL_HINT = "pip install 'rfmdist[gpu]'"
+GPU_INSTALL_HINT = "pip install 'rfmdist[cuda12]' (or 'rfmdist[cuda13]' on CUDA 13)"
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, *, local_default: str) -> None:

@@ -309,7 +309,7 @@ def _chunked(
     logged. Without validation data the rounds see the training part of an internal split."""
     from rfmdist.operators import chunk_rows_for
     from rfmdist.pipeline import held_out_rows, planned_centers
-    from rfmdist.sizing import cluster_cores
+    from rfmdist.sizing import fit_capacity
 
     n, d = int(X.shape[0]), int(X.shape[1])
     settings = estimator.fit_settings(device=estimator.device)
@@ -328,13 +328,13 @@ def _chunked(
         rounds_rows if rounds.agop_samples is None else min(rounds_rows, rounds.agop_samples)
     )
     logger.info(
-        "%d row chunks of %d rows (for about %s centers) over %d workers (%d cores); AGOP on %s "
-        "rows a round",
+        "%d row chunks of %d rows (for about %s centers) over %d workers (%s); AGOP on %s rows a "
+        "round",
         chunked.numblocks[0],
         chunked.chunks[0][0],
         f"{m:,}",
         n_workers(client),
-        cluster_cores(client),
+        fit_capacity(rounds.device, rounds.dtype, client).what,
         f"{agop_rows:,}",
     )
     return chunked

@@ -175,12 +175,14 @@ def estimate(problem: Problem, rates: Rates, iterations: float) -> list[Estimate
                 cache + 3 * n * r * 8,
             ),
         ]
-    kernel_mm = rates.pass_seconds(m * m, d, 0, dt, cached=False)
+    # The centers' kernel is evaluated in float64 (rfmdist.solvers.systems.centers_kernel).
+    kernel_mm = rates.pass_seconds(m * m, d, 0, "float64", cached=False)
     # The right-hand side and the predictions: one pass each (streamed when cached); a CG iteration
     # is one fused pass K^T (K v): the kernel once, two products.
     rhs_and_predict = 2 * pcg_pass
     fused = rates.pass_seconds(n * m, d, 2 * c, dt, cached=problem.cached)
-    gram = build + 2.0 * n * m * m / rates.gemm[dt]
+    # The Gram matrix is formed by float64 GEMMs whatever the kernel's dtype (rfmdist.operators).
+    gram = build + 2.0 * n * m * m / gemm64
     return [
         Estimate(
             "direct",
@@ -380,6 +382,32 @@ def _timed(func: Any, sync: Any, repeats: int = 2) -> float:
     return max(best, 1e-9)
 
 
+def calibration_size(device: str) -> int:
+    """The side of the calibration's square GEMMs (and centers of its kernel block)."""
+    return 1024 if device == "cpu" else 4096
+
+
+@functools.cache
+def gemm_rates(device: str, threads: int) -> dict[str, float]:
+    """Flop/s of a large GEMM on ``device`` in float32 and float64 (keys 'float32', 'float64'),
+    measured once per process, device and BLAS thread budget (part of the cache key).
+
+    What a GPU's default dtype (:func:`rfmdist.precision.choose_dtype`), the cost model and the
+    'auto' centers' work budget (:func:`rfmdist.sizing.fit_capacity`) follow.
+    """
+    from rfmdist.backend import synchronize, working_namespace
+
+    xp = working_namespace(device)
+    sync = functools.partial(synchronize, xp)
+    rng = np.random.default_rng(0)
+    size = calibration_size(device)
+    rates = {}
+    for name in ("float32", "float64"):
+        A = xp.asarray(rng.standard_normal((size, size)), dtype=name)
+        rates[name] = 2.0 * size**3 / _timed(lambda A=A: A @ A, sync)
+    return rates
+
+
 @functools.cache
 def measured_rates(device: str, threads: int, dtype: str = "float64") -> Rates:
     """Calibrate the rates of ``device`` with ``threads`` BLAS threads (cached per process).
@@ -399,14 +427,11 @@ def measured_rates(device: str, threads: int, dtype: str = "float64") -> Rates:
     xp = working_namespace(device)
     sync = functools.partial(synchronize, xp)
     rng = np.random.default_rng(0)
-    gemm, cholesky = {}, {}
-    size = 1024 if device == "cpu" else 4096
-    for name in ("float32", "float64"):
-        A = xp.asarray(rng.standard_normal((size, size)), dtype=name)
-        gemm[name] = 2.0 * size**3 / _timed(lambda A=A: A @ A, sync)
-        # A Cholesky of this size is far from its large-n rate; large ones run at a fixed fraction
-        # of the GEMM rate.
-        cholesky[name] = CHOLESKY_EFFICIENCY * gemm[name]
+    size = calibration_size(device)
+    gemm = gemm_rates(device, threads)
+    # A Cholesky of the calibration's size is far from its large-n rate; large ones run at a fixed
+    # fraction of the GEMM rate.
+    cholesky = {name: CHOLESKY_EFFICIENCY * rate for name, rate in gemm.items()}
     X = xp.asarray(rng.standard_normal((2 * size, CALIBRATION_D)), dtype=dtype)
     prepared = prepare_kernel(X[:size], xp.eye(CALIBRATION_D, dtype=dtype), bandwidth=10.0)
     kernel = BlockedKernelOperator(X, prepared).dense

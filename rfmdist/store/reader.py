@@ -184,6 +184,13 @@ def read_store(path: str | os.PathLike[str], *, require_complete: bool = True) -
     return _read_contents(group, location, attrs)
 
 
+def _kernel_dtype(record: dict[str, Any], params: dict[str, Any]) -> np.dtype:
+    """The kernel dtype of the model's round: its record's (the dtype the fit chose, or float64
+    for a round that fell back to it), else the ``dtype`` parameter (stores written before the
+    records kept it; None read as float64)."""
+    return np.dtype(record.get("dtype") or params["dtype"])
+
+
 def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -> StoredRun:
     data, params_json = attrs["data"], attrs["params"]
     d, c = int(data["d"]), int(data["n_outputs"])
@@ -236,11 +243,13 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
             coef = read_array(group, "checkpoint/coef", location, (-1, m, c), max_rows=iters + 2)[
                 int(best)
             ]
+        record = attrs["history"][int(best)]
         if attrs.get("refit") is not None and "refit/coef" in group:
             centers = read_array(
                 group, "refit/centers", location, (-1, d), max_rows=max(m, n_rows)
             )[...]
             coef = read_array(group, "refit/coef", location, (centers.shape[0], c))[...]
+            record = attrs["refit"]
         machine = KernelMachine(
             centers=centers,
             coef=np.asarray(coef, dtype=np.float64),
@@ -248,7 +257,7 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
             kernel=params_json["kernel"],
             bandwidth=float(params_json["bandwidth"]),
             preprocessing=preprocessing,
-            dtype=np.dtype(params_json["dtype"]),
+            dtype=_kernel_dtype(record, params_json),
             target_scaling=target_scaling,
         )
     return StoredRun(
