@@ -64,7 +64,9 @@ def test_auto_picks_the_gpu_when_cupy_can_allocate(monkeypatch):
 
 def test_gpu_without_cupy_says_how_to_install_it(no_cupy):
     X, y = small_task()
-    with pytest.raises(ImportError, match=r"pip install 'rfmdist\[gpu\]'"):
+    with pytest.raises(
+        ImportError, match=r"pip install 'rfmdist\[cuda12\]' or 'rfmdist\[cuda13\]'"
+    ):
         RFMRegressor(iters=0, device="gpu").fit(X, y)
 
 
@@ -108,19 +110,34 @@ def test_tf32_is_a_no_op_without_cupy(no_cupy):
 # --- dtype defaults ---------------------------------------------------------------------------------
 
 
+H200_RATES = {"float32": 51e12, "float64": 50e12}  # float64 tensor cores
+CONSUMER_RATES = {"float32": 80e12, "float64": 1.25e12}  # 1/64
+
+
 @pytest.mark.parametrize(
-    ("dtype", "device", "expected"),
+    ("dtype", "device", "rates", "expected"),
     [
-        (None, "cpu", np.float64),
-        (None, "gpu", np.float32),
-        ("float64", "gpu", np.float64),
-        ("float32", "cpu", np.float32),
+        (None, "cpu", None, np.float64),
+        (None, "gpu", H200_RATES, np.float64),
+        (None, "gpu", CONSUMER_RATES, np.float32),
+        ("float64", "gpu", CONSUMER_RATES, np.float64),
+        ("float32", "cpu", None, np.float32),
     ],
 )
-def test_dtype_default_follows_the_device(dtype, device, expected):
+def test_dtype_default_follows_the_device(monkeypatch, dtype, device, rates, expected):
+    """dtype=None: float64 on the CPU; on a GPU from its measured GEMM rates (the GPU is the one
+    measured: its rates are given here)."""
+    from rfmdist.solvers import costs
+
+    measured = []
+    monkeypatch.setattr(costs, "gemm_rates", lambda *key: measured.append(key) or rates)
     config = RFMRegressor(dtype=dtype)._round_config(0, device)
     assert config.dtype == expected and config.device == device
     assert config.tol == 1e-4
+    assert bool(measured) == (dtype is None and device == "gpu")  # only then is anything measured
+    if measured:
+        share = rates["float64"] / rates["float32"]
+        assert f"runs at {share:.2f} of its float32 rate" in config.dtype_reason
 
 
 def test_default_fit_stays_float64_on_the_cpu():
@@ -153,7 +170,7 @@ def test_one_worker_per_visible_gpu(local_gpu, monkeypatch):
 
 def test_missing_dask_cuda_says_how_to_install_it(local_gpu, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
-    with pytest.raises(local_gpu.DaskCudaMissingError, match="pip install 'rfmdist\\[gpu\\]'"):
+    with pytest.raises(local_gpu.DaskCudaMissingError, match="pip install 'rfmdist\\[cuda12\\]'"):
         local_gpu.require_dask_cuda()
     args = argparse.Namespace(
         scheduler=None,
@@ -170,7 +187,7 @@ def test_missing_dask_cuda_says_how_to_install_it(local_gpu, monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "dask_cuda" else real_find_spec(name, *a),
     )
-    with pytest.raises(ValueError, match="pip install 'rfmdist\\[gpu\\]'"):
+    with pytest.raises(ValueError, match="pip install 'rfmdist\\[cuda12\\]'"):
         cli_cluster.check_cluster_arguments(args)
 
 

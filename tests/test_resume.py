@@ -371,3 +371,27 @@ def test_disk_full_during_a_commit_keeps_the_previous_round(task, reference, tmp
     resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
     _assert_same_fit(resumed, reference, X)
     _assert_same_fit(rfmdist.load(path), reference, X)
+
+
+def test_a_resumed_run_keeps_the_dtype_its_device_chose(task, monkeypatch, tmp_path):
+    """dtype=None is chosen per device (rfmdist.precision): a run started where float32 was
+    chosen (a consumer GPU, here the rule's answer replaced) and resumed where float64 would be
+    (this CPU) continues in float32, and equals the uninterrupted float32 run."""
+    import rfmdist.estimators as estimators
+    from rfmdist.precision import DtypeChoice
+
+    X, y, eval_set = task
+    chose_float32 = DtypeChoice(np.dtype(np.float32), "the float32 device")
+    with monkeypatch.context() as patch:
+        patch.setattr(estimators, "choose_dtype", lambda dtype, device: chose_float32)
+        reference = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set)
+        path = tmp_path / "run.zarr"
+        RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, callback=_stop_after(1))
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    assert [h["dtype"] for h in resumed.history_] == ["float32"] * len(resumed.history_)
+    assert resumed.history_[-1]["dtype_choice"] == {
+        "dtype": "float32",
+        "reason": "the float32 device (the run being resumed)",
+    }
+    assert resumed.model_.dtype == rfmdist.load(path).model_.dtype == np.float32
+    _assert_same_fit(resumed, reference, X)
