@@ -327,11 +327,129 @@ def test_tf32_switch_changes_float32_gemms_and_is_restored(cp):
 
 
 def test_tf32_fit_error_is_bounded(cp):
+    """float32 asked for: TF32 changes float32 GEMMs only (dtype=None is float64 on an H200). The
+    Nyström system stays positive definite (its Gram matrix by float64 GEMMs, K_mm in float64)."""
     X, y = product_task(2_000, 10)
-    common = {"iters": 2, "device": "gpu", "random_state": 0, "centers": 500}
+    common = {"iters": 2, "device": "gpu", "random_state": 0, "centers": 500, "dtype": "float32"}
     exact = RFMRegressor(**common).fit(X, y)
     fast = RFMRegressor(tf32=True, **common).fit(X, y)
     err = np.abs(fast.predict(X) - exact.predict(X)).max() / np.abs(exact.predict(X)).max()
     print(f"TF32 relative prediction change: {err:.2e}")
     assert err < 5e-2
     assert backend.set_tf32(False) is False  # the fit restored full float32
+
+
+def test_tf32_widens_the_near_pair_limits(cp):
+    from rfmdist.kernels import gemm_epsilon
+
+    eps32 = float(np.finfo(np.float32).eps)
+    assert gemm_epsilon(np.float32, cp) == eps32
+    with backend.tf32_matmul(True):
+        assert gemm_epsilon(np.float32, cp) == backend.TF32_EPSILON
+        assert gemm_epsilon(np.float64, cp) == float(np.finfo(np.float64).eps)
+        assert gemm_epsilon(np.float32, np) == eps32  # NumPy GEMMs are never TF32
+
+
+# --- float32 numerics, the device's dtype and sizing ------------------------------------------------
+
+
+def planted(n, d, seed):
+    gen = np.random.default_rng(seed)
+    X = gen.standard_normal((n, d))
+    return X, X[:, 0] * X[:, 1] + 0.1 * gen.standard_normal(n)
+
+
+def fallbacks(model):
+    return [h for h in model.history_ if "float64_fallback" in h["solve"]]
+
+
+def test_float32_nystrom_direct_fit_on_the_gpu_scores_as_float64(cp):
+    """The first GPU run's 300,000-row failure, at the issue's CPU reproduction's size: the float32
+    Gram matrix is formed by float64 GEMMs; no jitter, no fallback, the float64 CPU fit's MSE."""
+    X, y = planted(5_000, 20, seed=0)
+    X_test, y_test = planted(2_000, 20, seed=1)
+    params = {"iters": 2, "centers": 1000, "solver": "direct", "random_state": 0}
+    gpu = RFMRegressor(device="gpu", dtype="float32", **params).fit(X, y)
+    cpu = RFMRegressor(device="cpu", dtype="float64", **params).fit(X, y)
+    assert not fallbacks(gpu) and all(h["solve"]["jitter"] == 0 for h in gpu.history_)
+    mse = [np.mean((m.predict(X_test) - y_test) ** 2) for m in (gpu, cpu)]
+    assert mse[0] == pytest.approx(mse[1], rel=0.02), mse
+
+
+def test_float32_exact_fit_of_data_with_outliers_on_the_gpu_scores_as_float64(cp):
+    """The first GPU run's 12,384-row housing failure, synthetic: one feature with outliers of 100
+    standard deviations, so most rows sit close together once standardised."""
+    gen = np.random.default_rng(5)
+    X = gen.standard_normal((12_000, 8))
+    X[gen.choice(12_000, 60, replace=False), 4] *= 100.0
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    train, test = slice(0, 10_000), slice(10_000, None)
+    gpu = RFMClassifier(iters=1, device="gpu", dtype="float32", random_state=0)
+    gpu.fit(X[train], y[train])
+    cpu = RFMClassifier(iters=1, device="cpu", dtype="float64", random_state=0)
+    cpu.fit(X[train], y[train])
+    assert not fallbacks(gpu)
+    assert gpu.score(X[test], y[test]) == pytest.approx(cpu.score(X[test], y[test]), abs=0.005)
+
+
+def test_a_float32_round_too_coarse_for_its_system_runs_in_float64_on_the_gpu(cp):
+    X, y = planted(2_000, 4, seed=2)
+    X_test, y_test = planted(1_000, 4, seed=3)
+    params = {"kernel": "gaussian", "reg": 1e-7, "iters": 1, "solver": "direct"}
+    params |= {"random_state": 0, "validation_fraction": None, "n_iter_no_change": None}
+    single = RFMRegressor(device="gpu", dtype="float32", **params).fit(X, y)
+    double = RFMRegressor(device="cpu", dtype="float64", **params).fit(X, y)
+    assert len(fallbacks(single)) == 2 and single.model_.dtype == np.float64
+    mse = [np.mean((m.predict(X_test) - y_test) ** 2) for m in (single, double)]
+    assert mse[0] == pytest.approx(mse[1], rel=0.02), mse
+
+
+def test_the_default_dtype_and_centers_follow_the_gpus_measured_rates(cp):
+    from rfmdist.pipeline import centers_choice
+    from rfmdist.precision import dtype_for_rates
+    from rfmdist.solvers.costs import gemm_rates
+    from rfmdist.threads import blas_threads
+
+    rates = gemm_rates("gpu", blas_threads())
+    print(f"GEMM rates: { ({k: f'{v / 1e12:.1f} TFLOP/s' for k, v in rates.items()}) }")
+    expected = dtype_for_rates(rates)
+    X, y = planted(3_000, 10, seed=4)
+    model = RFMRegressor(iters=1, device="gpu", random_state=0).fit(X, y)
+    assert model.model_.dtype == expected.dtype
+    assert model.history_[0]["dtype_choice"] == {
+        "dtype": expected.dtype.name,
+        "reason": expected.reason,
+    }
+    settings = RFMRegressor(device="gpu").fit_settings()
+    choice = centers_choice(settings, 300_000, 20)
+    print(choice.describe(300_000))
+    assert choice.capacity.cores >= 100 and "GPU at" in choice.capacity.what
+    assert choice.n_centers > 8_400  # the first GPU run counted the GPU as one host core
+
+
+def test_cli_fit_with_gpus_on_a_gpu_worker(tmp_path, capsys):
+    """`rfmdist fit --gpus` end to end (it exited 2 with the Nyström error on 50,000 x 20 rows): a
+    worker process of a distributed cluster on this GPU (no dask-cuda needed with --scheduler),
+    Nyström centers by a direct solve, the model stored and loadable, scoring as a CPU fit."""
+    from distributed import LocalCluster
+
+    import rfmdist
+    from rfmdist.cli.main import main
+
+    X, y = planted(20_000, 20, seed=6)
+    X_test, y_test = planted(2_000, 20, seed=7)
+    train = tmp_path / "train.npz"
+    np.savez(train, X=X, y=y)
+    out = tmp_path / "model.zarr"
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        args = ["fit", "--train", train, "--out", out, "--scheduler", cluster.scheduler_address]
+        args += ["--gpus", "--iters", "2", "--centers", "2000", "--solver", "direct", "--seed", "0"]
+        code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    model = rfmdist.load(out)
+    cpu = RFMRegressor(iters=2, centers=2000, solver="direct", random_state=0).fit(X, y)
+    mse = [np.mean((m.predict(X_test) - y_test) ** 2) for m in (model, cpu)]
+    assert mse[0] == pytest.approx(mse[1], rel=0.05), mse
