@@ -228,6 +228,7 @@ def _gaussian_values(row: Any) -> None:
 def _cpu_tail(
     dist: Any,
     start: int,
+    weights: bool,
     row_limits: Any,
     center_limits: Any,
     rows: Any,
@@ -236,12 +237,12 @@ def _cpu_tail(
     centers_t: Any,
     scale: float,
     laplace: bool,
-    weights: bool,
     bandwidth: float,
     guard: float,
 ) -> None:
     """The tail of the columns ``start:start + len(centers_t)`` of ``dist`` (b, >= m), in place: the
-    whole array and an offset, as a slice of a row is contiguous where a 2-D view's row is not."""
+    whole array and an offset, as a slice of a row is contiguous where a 2-D view's row is not. The
+    arguments after ``weights`` are :func:`_tail_operands`'s."""
     # In the kernel's dtype (a float64 scalar would widen a float32 loop to float64).
     cast = dist.dtype.type
     bandwidth_t, guard_t, scale_t = cast(bandwidth), cast(guard), cast(scale)
@@ -332,6 +333,7 @@ def _fill_tile(
     _cpu_tail(
         tile,
         start,
+        weights,
         row_limits[i0:i1],
         center_limits[j0:j1],
         rows[i0:i1],
@@ -340,7 +342,6 @@ def _fill_tile(
         centers_t[j0:j1],
         scale,
         laplace,
-        weights,
         bandwidth,
         guard,
     )
@@ -511,14 +512,24 @@ def kernel_tail(
     array, shape (b, m)
         ``dist`` itself, overwritten.
     """
-    laplace = prepared.kernel == "laplace"
-    guard = LAPLACE_GRADIENT_GUARD
     if is_cupy_array(dist):
         recompute_near_pairs(dist, limits, rows, prepared)
-        return _gpu_tail_kernel(laplace, weights)(dist, prepared.bandwidth, guard, dist)
-    _cpu_tail(
-        dist,
-        0,
+        tail = _gpu_tail_kernel(prepared.kernel == "laplace", weights)
+        return tail(dist, prepared.bandwidth, LAPLACE_GRADIENT_GUARD, dist)
+    _cpu_tail(dist, 0, weights, *_tail_operands(prepared, rows, limits))
+    return dist
+
+
+# --- the passes' entry points (NumPy arrays, the 'fused' backend) -----------------------------------
+
+
+def _tail_operands(
+    prepared: PreparedKernel, rows: TransformedRows, limits: NearLimits
+) -> tuple[Any, ...]:
+    """What the tail of a block's distances needs (:func:`_cpu_tail`): the near-pair limits of the
+    rows and of the centers, the rows and centers before and after the transform, the scale and the
+    kernel's flags."""
+    return (
         limits.rows,
         limits.centers,
         np.ascontiguousarray(rows.X),
@@ -526,37 +537,19 @@ def kernel_tail(
         prepared.centers,
         prepared.centers_t,
         prepared.distance_scale,
-        laplace,
-        weights,
-        prepared.bandwidth,
-        guard,
-    )
-    return dist
-
-
-# --- the passes' entry points (NumPy arrays, the 'fused' backend) -----------------------------------
-
-
-def _kernel_operands(prepared: PreparedKernel, rows: TransformedRows) -> tuple[Any, ...]:
-    """What every tile needs of a block of rows: the augmented rows and centers of the distance
-    GEMM, the near-pair limits of the rows and of the centers, the rows and centers before and
-    after the transform, the scale and the kernel's flags."""
-    scale = prepared.distance_scale
-    rows_aug, limits = augment_rows(rows.Xt, rows.sq, prepared.centers_aug, scale=scale)
-    return (
-        rows_aug,
-        prepared.centers_aug,
-        limits.rows,
-        limits.centers,
-        np.ascontiguousarray(rows.X),
-        np.ascontiguousarray(rows.Xt),
-        prepared.centers,
-        prepared.centers_t,
-        scale,
         prepared.kernel == "laplace",
         prepared.bandwidth,
         LAPLACE_GRADIENT_GUARD,
     )
+
+
+def _kernel_operands(prepared: PreparedKernel, rows: TransformedRows) -> tuple[Any, ...]:
+    """What every tile needs of a block of rows: the augmented rows and centers of the distance
+    GEMM, then :func:`_tail_operands`."""
+    rows_aug, limits = augment_rows(
+        rows.Xt, rows.sq, prepared.centers_aug, scale=prepared.distance_scale
+    )
+    return (rows_aug, prepared.centers_aug, *_tail_operands(prepared, rows, limits))
 
 
 def tile_shape(n_centers: int, itemsize: int, tile_bytes: int | None = None) -> tuple[int, int]:
