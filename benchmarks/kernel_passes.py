@@ -161,8 +161,8 @@ def measure_libraries(keops_python: str | None) -> dict[str, Any]:
     gen = np.random.default_rng(0)
     X, Z = gen.normal(size=(419, 20)), gen.normal(size=(5000, 20))
     prepared = prepare_kernel(Z, np.full(20, 0.05), bandwidth=1.0)
-    rows = prepared.transform(X)
-    dist, limits = gemm_distances(rows.Xt, rows.sq, prepared.centers_aug, scale=1.0)
+    block = prepared.transform(X)
+    dist, limits = gemm_distances(block.Xt, block.sq, prepared.centers_aug, scale=1.0)
     work = np.empty_like(dist)
 
     def numpy_tail() -> None:
@@ -173,7 +173,7 @@ def measure_libraries(keops_python: str | None) -> dict[str, Any]:
 
     def numba_tail() -> None:
         np.copyto(work, dist)
-        fused.kernel_tail(work, limits, rows, prepared)
+        fused.kernel_tail(work, limits, block, prepared)
 
     tails: dict[str, Callable[[], None]] = {"numpy (reference)": numpy_tail, "numba": numba_tail}
     try:

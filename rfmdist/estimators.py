@@ -125,10 +125,11 @@ class _RFMBase(BaseEstimator):
         None: all rows (exact system). int: that many rows drawn uniformly as Nyström centers.
         array: explicit centers (raw feature space). 'auto': from the rows, the features, the cores
         the passes run on and the memory (:func:`rfmdist.sizing.auto_centers`): all rows while their
-        exact system costs at most that of 20,000 rows on 2 cores (scaled with the cores) and fits
-        memory, beyond it the most Nyström centers within that work per round, and never fewer than
-        ``sqrt(n)`` (on 2 cores: 9,400 centers of 30,000 rows, 3,600 of 200,000, 1,600 of 1
-        million, 3,100 of 10 million). The choice is logged at the start of the fit.
+        exact system costs at most that of 20,000 rows on 2 cores (scaled with the cores; a GPU
+        counts as the cores its measured GEMM rate is worth, :func:`rfmdist.sizing.fit_capacity`)
+        and fits memory, beyond it the most Nyström centers within that work per round, and never
+        fewer than ``sqrt(n)`` (on 2 cores: 9,400 centers of 30,000 rows, 3,600 of 200,000, 1,600
+        of 1 million, 3,100 of 10 million). The choice is logged at the start of the fit.
     solver : {'auto', 'direct', 'mixed', 'pcg'}, default='auto'
         'direct': float64 Cholesky. 'mixed' (exact systems): float32 Cholesky refined to float64
         accuracy by a few CG iterations (half the factorisation time; Nyström systems take
@@ -157,10 +158,14 @@ class _RFMBase(BaseEstimator):
         Seeds centers, AGOP subsets and sketches.
     dtype : {'float32', 'float64'} or None, default=None
         Precision of the kernel computations (solver state is float64 in both). None: float64 on the
-        CPU, float32 on a GPU (whose float64 rate is a fraction of its float32 rate). float32 is
-        faster but its GEMM distances are too coarse for feature-learned kernels of data with
-        near-duplicate rows in the learned metric (measured: a kernel indefinite by more than reg on
-        cpu_act).
+        CPU; on a GPU float64 where its measured float64 GEMM rate is at least a quarter of its
+        float32 rate (datacenter cards), else float32 (:mod:`rfmdist.precision`; the choice is in
+        ``history_[t]["dtype_choice"]``). Float32 kernels are guarded for the direct solves (close
+        pairs recomputed from their differences, a row at its own center exactly, the Nyström Gram
+        matrix by float64 GEMMs), and a round whose float32 kernel is still too coarse for its
+        system runs in float64 (``history_[t]["solve"]["float64_fallback"]``). Measured on the CPU
+        (``benchmarks/float32_fits.py``): float32 fits scored as float64 ones to 4 digits on five
+        sets, the first GPU run's two failing sets among them.
     device : {'cpu', 'gpu', 'auto'}, default='cpu'
         Where the kernel passes run. 'gpu': NumPy and Dask/Zarr inputs are copied to the GPU (Dask
         chunk by chunk, on the workers when a distributed client is active); needs CuPy

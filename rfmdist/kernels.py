@@ -40,8 +40,8 @@ KERNELS: tuple[str, ...] = ("laplace", "gaussian")
 
 # Below this distance a Laplace gradient term is treated as the x = z singularity and dropped.
 LAPLACE_GRADIENT_GUARD = 1e-10
-# Relative resolution (in units of the dtype's epsilon) of squared distances computed by GEMM.
-_COINCIDENCE_ULPS = 16.0
+# The absolute error of a squared distance by the GEMM identity, in ulps of |x'|^2 + |z'|^2.
+_GEMM_IDENTITY_ULPS = 16.0
 
 
 def metric_root(M: Any) -> Any:
@@ -136,7 +136,7 @@ def gemm_epsilon(dtype: Any, xp: Any = np) -> float:
 
 
 def near_factor(dtype: Any, xp: Any = np) -> float:
-    """``sqrt(r)``, ``r`` the GEMM identity's resolution (:data:`_COINCIDENCE_ULPS` ulps): a squared
+    """``sqrt(r)``, ``r`` the GEMM identity's resolution (:data:`_GEMM_IDENTITY_ULPS` ulps): a squared
     distance below ``sqrt(r) (|x'|^2 + |z'|^2)`` may be wrong by more than ``sqrt(r)`` of itself.
 
     Examples
@@ -144,7 +144,7 @@ def near_factor(dtype: Any, xp: Any = np) -> float:
     >>> round(near_factor(np.float32), 6), round(near_factor(np.float64), 10)
     (0.001381, 5.96e-08)
     """
-    return math.sqrt(_COINCIDENCE_ULPS * gemm_epsilon(dtype, xp))
+    return math.sqrt(_GEMM_IDENTITY_ULPS * gemm_epsilon(dtype, xp))
 
 
 def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple[Any, NearLimits]:
