@@ -10,7 +10,7 @@ that runs the passes (:func:`fit_capacity`), counted in the reference machine's 
   one each; a GPU counts as many reference cores as its measured GEMM rate in the kernel's dtype is
   a multiple of a reference core's (:data:`REFERENCE_GEMM_FLOPS` / :data:`REFERENCE_CORES`), so that
   a round costs about the seconds it costs on the reference machine, on any device (an H200 at
-  ~50 TFLOP/s counts as ~2,000 cores). The exact system
+  ~50 TFLOP/s counts as ~1,100 cores). The exact system
   (all rows as centers) is used while it fits that budget (``n^3 / 3 <= W``) and its two ``n x n``
   arrays fit the client's memory; beyond, a Nyström round's passes cost ``n m (m + d)``
   multiply-adds (the ``m x m`` Gram matrix ``K_nm^T K_nm`` and the kernel itself), and ``m`` is the
@@ -46,9 +46,10 @@ from typing import Any
 #: The reference: the exact system of this many rows on this many cores is one round's work budget.
 REFERENCE_EXACT_ROWS = 20_000
 REFERENCE_CORES = 2
-#: The reference machine's float64 GEMM rate on its REFERENCE_CORES cores (measured: about 50
-#: GFLOP/s), the unit in which a GPU's measured rate counts as cores.
-REFERENCE_GEMM_FLOPS = 5e10
+#: The reference machine's float64 GEMM rate on its REFERENCE_CORES cores (measured with NumPy's
+#: OpenBLAS: 88-95 GFLOP/s at n = 1,024-4,096), the unit in which a GPU's measured rate counts as
+#: cores.
+REFERENCE_GEMM_FLOPS = 9e10
 #: float64 ``m x m`` (``n x n`` for the exact system: 2) arrays the client holds in a round.
 CLIENT_SQUARES = 8
 EXACT_SQUARES = 2
@@ -106,7 +107,7 @@ def gpu_capacity(gpus: int, gemm_flops: float, dtype: str) -> Capacity:
     Examples
     --------
     >>> gpu_capacity(1, 51e12, "float64").cores
-    2000
+    1100
     """
     cores = _two_digits(int(REFERENCE_CORES * gpus * gemm_flops / REFERENCE_GEMM_FLOPS))
     gpus_at = "1 GPU at" if gpus == 1 else f"{gpus} GPUs at"

@@ -32,6 +32,7 @@ not for predicting the fit's time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -393,18 +394,20 @@ def gemm_rates(device: str, threads: int) -> dict[str, float]:
     measured once per process, device and BLAS thread budget (part of the cache key).
 
     What a GPU's default dtype (:func:`rfmdist.precision.choose_dtype`), the cost model and the
-    'auto' centers' work budget (:func:`rfmdist.sizing.fit_capacity`) follow.
+    'auto' centers' work budget (:func:`rfmdist.sizing.fit_capacity`) follow. On a GPU the float32
+    rate is measured with TF32 off, whatever this process's setting when it is first asked.
     """
-    from rfmdist.backend import synchronize, working_namespace
+    from rfmdist.backend import synchronize, tf32_matmul, working_namespace
 
     xp = working_namespace(device)
     sync = functools.partial(synchronize, xp)
     rng = np.random.default_rng(0)
     size = calibration_size(device)
     rates = {}
-    for name in ("float32", "float64"):
-        A = xp.asarray(rng.standard_normal((size, size)), dtype=name)
-        rates[name] = 2.0 * size**3 / _timed(lambda A=A: A @ A, sync)
+    with tf32_matmul(False) if device == "gpu" else contextlib.nullcontext():
+        for name in ("float32", "float64"):
+            A = xp.asarray(rng.standard_normal((size, size)), dtype=name)
+            rates[name] = 2.0 * size**3 / _timed(lambda A=A: A @ A, sync)
     return rates
 
 
