@@ -325,9 +325,20 @@ def _fill_tile(
 ) -> None:
     """The kernel (or weights) of rows ``i0:i1`` against centers ``j0:j1`` into the columns
     ``start:start + j1 - j0`` of ``tile``; ``ops`` is :func:`_kernel_operands`'s tuple."""
-    rows_aug, centers_aug, row_limits, center_limits = ops[0], ops[1], ops[2], ops[3]
-    rows, rows_t, centers, centers_t = ops[4], ops[5], ops[6], ops[7]
-    scale, laplace, bandwidth, guard = ops[8], ops[9], ops[10], ops[11]
+    (
+        rows_aug,
+        centers_aug,
+        row_limits,
+        center_limits,
+        rows,
+        rows_t,
+        centers,
+        centers_t,
+        scale,
+        laplace,
+        bandwidth,
+        guard,
+    ) = ops
     target = tile[:, start : start + j1 - j0]
     gemm(rows_aug[i0:i1], centers_aug[j0:j1], target, False, True, 0.0)
     _cpu_tail(

@@ -161,7 +161,7 @@ def augment_rows(Xt: Any, x_sq: Any, centers_aug: Any, *, scale: float) -> tuple
     not make every pair of the block near, and no distance is shifted: subtracting a resolution
     bound from every distance of a row to zero its coincident pairs (an earlier design) moved them
     all by the largest center's norm, which in float32 left kernels of data with outliers indefinite
-    by more than the ridge (the California housing features: entry errors of 2e-3, against 4e-6).
+    by more than the ridge (the California housing features: entry errors of 2e-3, against 2e-6).
 
     Parameters
     ----------
