@@ -169,11 +169,11 @@ class _RFMBase(BaseEstimator):
     device : {'cpu', 'gpu', 'auto'}, default='cpu'
         Where the kernel passes run. 'gpu': NumPy and Dask/Zarr inputs are copied to the GPU (Dask
         chunk by chunk, on the workers when a distributed client is active); needs CuPy
-        (``pip install 'rfmdist[cuda12]'`` or ``'rfmdist[cuda13]'``) and a GPU it can allocate on. 'auto': the GPU when one is
-        usable, else the CPU (so the default dtype, too, then depends on the machine). 'cpu': CuPy
-        inputs are copied to the host. The fitted model (``model_``, ``M_``, ``coef_``, the store) is
-        always NumPy; ``predict`` returns the input's array type and, for a model fitted with 'gpu'
-        or 'auto', runs on the GPU when one is usable.
+        (``pip install 'rfmdist[cuda12]'`` or ``'rfmdist[cuda13]'``) and a GPU it can allocate on.
+        'auto': the GPU when one is usable, else the CPU (so the default dtype, too, then depends
+        on the machine). 'cpu': CuPy inputs are copied to the host. The fitted model (``model_``,
+        ``M_``, ``coef_``, the store) is always NumPy; ``predict`` returns the input's array type
+        and, for a model fitted with 'gpu' or 'auto', runs on the GPU when one is usable.
     normalize_agop : {'max'} or None, default='max'
         Divide each round's AGOP by its largest entry before it becomes the next ``M`` (as xRFM
         does); None uses the raw AGOP (the RFM paper's code). Measured on 13 real sets (exact

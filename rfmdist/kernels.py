@@ -338,17 +338,7 @@ class PreparedKernel:
         if np.dtype(dtype) == self.dtype:
             return self
         S = self.S.astype(dtype)
-        centers = self.centers.astype(dtype)
-        centers_t = apply_metric_root(centers, S)
-        centers_sq = (centers_t * centers_t).sum(axis=1)
-        return replace(
-            self,
-            S=S,
-            centers=centers,
-            centers_t=centers_t,
-            centers_sq=centers_sq,
-            centers_aug=augment_centers(centers_t, centers_sq),
-        )
+        return replace(self, S=S, **_centers_fields(self.centers.astype(dtype), S))
 
     def transform(self, X: Any) -> TransformedRows:
         """The rows ``X`` (shape (b, d)) in the kernel's dtype, transformed (``X S``), with their
@@ -458,18 +448,26 @@ def prepare_kernel(
         raise ValueError(f"Expected bandwidth > 0, found {bandwidth!r}; pass a positive float.")
     xp = get_namespace(centers, M)
     S = metric_root(xp.asarray(M, dtype=centers.dtype))
-    centers_t = apply_metric_root(centers, S)
-    centers_sq = (centers_t * centers_t).sum(axis=1)
     return PreparedKernel(
         S=S,
-        centers=centers,
-        centers_t=centers_t,
-        centers_sq=centers_sq,
         kernel=kernel,
         bandwidth=float(bandwidth),
-        centers_aug=augment_centers(centers_t, centers_sq),
         backend=kernel_backend(backend),
+        **_centers_fields(centers, S),
     )
+
+
+def _centers_fields(centers: Any, S: Any) -> dict[str, Any]:
+    """The centers' fields of a :class:`PreparedKernel` with ``M^{1/2} = S``: the centers, their
+    transform, its squared norms and the augmented GEMM side."""
+    centers_t = apply_metric_root(centers, S)
+    centers_sq = (centers_t * centers_t).sum(axis=1)
+    return {
+        "centers": centers,
+        "centers_t": centers_t,
+        "centers_sq": centers_sq,
+        "centers_aug": augment_centers(centers_t, centers_sq),
+    }
 
 
 def kernel_block(

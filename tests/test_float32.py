@@ -13,15 +13,14 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import product_task
 
 from rfmdist import RFMClassifier, RFMRegressor
 
 
 def planted(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standard-normal rows, y = x0 x1 + 0.1 noise (the issue's task)."""
-    gen = np.random.default_rng(seed)
-    X = gen.standard_normal((n, d))
-    return X, X[:, 0] * X[:, 1] + 0.1 * gen.standard_normal(n)
+    """The issue's task: standard-normal rows, y = x0 x1 + 0.1 noise."""
+    return product_task(n, d, seed, noise=0.1)
 
 
 def fallbacks(model) -> list[dict]:

@@ -16,6 +16,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import product_task
 
 from rfmdist import RFMClassifier, RFMRegressor, backend, memory
 from rfmdist.agop import agop_block_sum, predictor_gradients
@@ -202,12 +203,6 @@ def test_centers_preconditioner_matches_numpy(cp):
 # --- whole fits ------------------------------------------------------------------------------------
 
 
-def product_task(n, d, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    return X, X[:, 0] * X[:, 1] + 0.01 * rng.normal(size=n)
-
-
 @pytest.mark.parametrize(
     ("dtype", "reg", "params", "scale"),
     [
@@ -222,7 +217,7 @@ def product_task(n, d, seed=0):
 def test_gpu_fit_equals_cpu_fit(dtype, reg, params, scale):
     """Float64 fits agree to the float32 AGOP's resolution (:data:`AGOP_RTOL`; measured on the CPU
     against float64 AGOP GEMMs: 4e-8 to 1.6e-7 in M_, 7e-8 in coef_, 3e-8 in the predictions)."""
-    X, y = product_task(600, 5)
+    X, y = product_task(600, 5, seed=0)
     common = {"iters": 2, "reg": reg, "dtype": dtype, "random_state": 0, **params}
     cpu = RFMRegressor(device="cpu", **common).fit(X, y)
     gpu = RFMRegressor(device="gpu", **common).fit(X, y)
@@ -235,7 +230,7 @@ def test_gpu_fit_equals_cpu_fit(dtype, reg, params, scale):
 
 
 def test_predict_returns_the_input_array_type(cp):
-    X, y = product_task(400, 4)
+    X, y = product_task(400, 4, seed=0)
     model = RFMRegressor(iters=1, device="gpu", random_state=0).fit(X, y)
     assert model.model_.dtype == choose_dtype(None, "gpu").dtype  # the GPU's default
     host = model.predict(X)
@@ -251,7 +246,7 @@ def test_predict_returns_the_input_array_type(cp):
 
 
 def test_cupy_and_dask_inputs_fit_like_numpy(cp):
-    X, y = product_task(500, 4)
+    X, y = product_task(500, 4, seed=0)
     common = {"iters": 1, "device": "gpu", "dtype": "float64", "random_state": 0, "reg": 0.1}
     ref = RFMRegressor(**common).fit(X, y)
     from_cupy = RFMRegressor(**common).fit(cp.asarray(X), cp.asarray(y))
@@ -266,7 +261,7 @@ def test_cupy_and_dask_inputs_fit_like_numpy(cp):
 def test_fit_through_a_distributed_client_on_the_gpu():
     from distributed import Client
 
-    X, y = product_task(800, 4)
+    X, y = product_task(800, 4, seed=0)
     common = {"iters": 1, "dtype": "float64", "random_state": 0, "reg": 0.1, "centers": 100}
     common["solver"] = "direct"
     cpu = RFMRegressor(device="cpu", **common).fit(X, y)
@@ -286,7 +281,7 @@ def test_peak_device_memory_stays_under_the_configured_budget(cp, monkeypatch):
     monkeypatch.delenv("RFMDIST_GPU_MEMORY_FRACTION", raising=False)
     monkeypatch.setattr(backend, "free_device_bytes", lambda: free)
     budget = memory.available_bytes("gpu")  # 256 MiB for kernel blocks and a cache
-    X, y = product_task(n, d)
+    X, y = product_task(n, d, seed=0)
     pool = cp.cuda.MemoryPool()
     peak = [0]
 
@@ -329,7 +324,7 @@ def test_tf32_switch_changes_float32_gemms_and_is_restored(cp):
 def test_tf32_fit_error_is_bounded(cp):
     """float32 asked for: TF32 changes float32 GEMMs only (dtype=None is float64 on an H200). The
     Nyström system stays positive definite (its Gram matrix by float64 GEMMs, K_mm in float64)."""
-    X, y = product_task(2_000, 10)
+    X, y = product_task(2_000, 10, seed=0)
     common = {"iters": 2, "device": "gpu", "random_state": 0, "centers": 500, "dtype": "float32"}
     exact = RFMRegressor(**common).fit(X, y)
     fast = RFMRegressor(tf32=True, **common).fit(X, y)
@@ -354,9 +349,8 @@ def test_tf32_widens_the_near_pair_limits(cp):
 
 
 def planted(n, d, seed):
-    gen = np.random.default_rng(seed)
-    X = gen.standard_normal((n, d))
-    return X, X[:, 0] * X[:, 1] + 0.1 * gen.standard_normal(n)
+    """The issue's task: y = x0 x1 + 0.1 noise."""
+    return product_task(n, d, seed, noise=0.1)
 
 
 def fallbacks(model):

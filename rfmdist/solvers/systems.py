@@ -205,7 +205,7 @@ class NystromSystem:
 
     def __init__(self, op: Any, K_mm: Any, Y: Any, reg: float) -> None:
         self.op = op
-        self.K_mm = K_mm.astype(get_namespace(K_mm).float64)
+        self.K_mm = K_mm.astype(get_namespace(K_mm).float64, copy=False)
         self.resolution = float(np.finfo(op.prepared.dtype).eps)
         self.Y = Y
         self.reg = float(reg)
