@@ -126,9 +126,15 @@ def predictor_gradients(
         ``J[i, k, :]`` is the gradient of output ``k`` at ``X[i]``.
     """
     prepared = prepare_kernel(centers, M, kernel=kernel, bandwidth=bandwidth)
-    grads = transformed_gradients(prepared, X, coef)
-    S = prepared.S
-    return grads * S if S.ndim == 1 else grads @ S
+    return to_original_coordinates(transformed_gradients(prepared, X, coef), prepared.S)
+
+
+def to_original_coordinates(grads: Any, S: Any) -> Any:
+    """Gradients ``g'`` in the transformed space (shape (..., k)) as gradients in the original
+    coordinates: ``g' S^T`` (shape (..., d)), ``S`` the kernel's root (None: the identity)."""
+    if S is None:
+        return grads
+    return grads * S if S.ndim == 1 else grads @ S.T
 
 
 def gradient_outer_product_sum(jacobians: Any, *, diag: bool = False) -> Any:
@@ -151,6 +157,73 @@ def gradient_outer_product_sum(jacobians: Any, *, diag: bool = False) -> Any:
     return flat.T @ flat
 
 
+def transformed_agop_sum(
+    prepared: PreparedKernel,
+    X: Any,
+    coef: Any,
+    *,
+    accumulate: str,
+    operand: GradientOperand | None = None,
+) -> Any:
+    """A block's AGOP partial sum in the kernel's transformed space (``k`` columns), float64.
+
+    Parameters
+    ----------
+    prepared : PreparedKernel
+        The predictor's kernel and centers.
+    X : array, shape (b, d)
+        Points at which the gradients are taken.
+    coef : array, shape (m, c)
+    accumulate : {'diagonal', 'gram', 'stack'}
+        ``sum_x sum_k g'_k(x)^2`` (shape (k,)), ``sum_x g'(x)^T g'(x)`` (shape (k, k)), or the
+        gradients ``g'`` themselves (shape (b, c, k)) (:meth:`rfmdist.metric.Metric.agop_plan`).
+    operand : GradientOperand, optional
+        Built once per pass (its dtype is the GEMMs').
+
+    Returns
+    -------
+    array, float64
+    """
+    xp = get_namespace(X)
+    grads = transformed_gradients(prepared, X, coef, operand)
+    if accumulate == "stack":
+        return grads.astype(xp.float64, copy=False)
+    return gradient_outer_product_sum(grads, diag=accumulate == "diagonal")
+
+
+def to_original_agop(total: Any, S: Any, *, diag: bool) -> Any:
+    """An AGOP sum in the original coordinates (``S W S^T``) from its transformed-space sum ``W``.
+
+    Parameters
+    ----------
+    total : array, shape (k, k), or (k,) where ``S`` is diagonal or None
+        :func:`transformed_agop_sum`'s ``'gram'`` (or, for a diagonal ``S``, ``'diagonal'``) sum.
+    S : array, shape (d, k) or (d,), or None
+        The kernel's root.
+    diag : bool
+        Return the diagonal only.
+
+    Returns
+    -------
+    array, shape (d, d) or (d,)
+    """
+    xp = get_namespace(total)
+    if S is None:
+        return xp.diagonal(total).copy() if diag and total.ndim == 2 else total
+    S = S.astype(xp.float64)
+    if S.ndim == 1:
+        return total * S**2 if diag else S[:, None] * total * S[None, :]
+    if diag:
+        return ((S @ total) * S).sum(axis=1)
+    return S @ total @ S.T
+
+
+def original_accumulation(S: Any, diag: bool) -> str:
+    """What :func:`transformed_agop_sum` accumulates for :func:`to_original_agop`: the diagonal
+    where the root keeps coordinates apart (diagonal or identity), else the Gram matrix."""
+    return "diagonal" if diag and (S is None or S.ndim == 1) else "gram"
+
+
 def kernel_agop_sum(
     prepared: PreparedKernel,
     X: Any,
@@ -169,7 +242,7 @@ def kernel_agop_sum(
         Points at which the gradients are taken.
     coef : array, shape (m, c)
     diag : bool
-        Return the diagonal only (for a diagonal feature matrix).
+        Return the diagonal only.
     operand : GradientOperand, optional
         Built once per pass (its dtype is the GEMMs').
 
@@ -178,15 +251,9 @@ def kernel_agop_sum(
     array, shape (d, d) or (d,); float64
         ``sum_{x in X} J(x)^T J(x)``.
     """
-    xp = get_namespace(X)
-    S = prepared.S.astype(xp.float64)
-    grads = transformed_gradients(prepared, X, coef, operand)
-    # With a diagonal S only the diagonal of the inner sum is needed; a full S mixes coordinates.
-    inner = gradient_outer_product_sum(grads, diag=diag and S.ndim == 1)
-    if S.ndim == 1:
-        return inner * S**2 if diag else S[:, None] * inner * S[None, :]
-    full = S @ inner @ S
-    return xp.diagonal(full).copy() if diag else full
+    accumulate = original_accumulation(prepared.S, diag)
+    total = transformed_agop_sum(prepared, X, coef, accumulate=accumulate, operand=operand)
+    return to_original_agop(total, prepared.S, diag=diag)
 
 
 def agop_block_sum(

@@ -48,6 +48,7 @@ from rfmdist.data import (
 from rfmdist.exceptions import NotFittedError, StoreError
 from rfmdist.kernels import KERNELS
 from rfmdist.locking import StoreLock
+from rfmdist.metric import Metric, metric_policy
 from rfmdist.model import KernelMachine
 from rfmdist.params import ArrayLike, Interval, NoneValue, Options, RandomState, validate_params
 from rfmdist.pipeline import (
@@ -206,13 +207,20 @@ class _RFMBase(BaseEstimator):
     model_ : rfmdist.model.KernelMachine
         The fitted predictor: preprocessing, centers, coefficients, ``M``, kernel, bandwidth, dtype
         and target scaling (what :meth:`save` stores and :func:`rfmdist.load` reads back).
+    metric_ : rfmdist.metric.Metric
+        The feature matrix of the kept round (in the preprocessed feature space) in the form the
+        fit kept it: dense (d, d), diagonal (d,), or, for wide data (AGOP rank bound below d), a
+        factor ``A`` (r, d) with ``M = A^T A`` (:mod:`rfmdist.metric`).
     M_ : numpy.ndarray, shape (d, d), or (d,) with ``diag=True``
-        The feature matrix of the kept round (in the preprocessed feature space).
-    M_history_ : list of numpy.ndarray, one per round, shapes as ``M_``
+        ``metric_`` as an array (``8 d^2`` bytes; formed from a factor on request: 3.2 GB at
+        d = 20,000).
+    metric_history_ : list of rfmdist.metric.Metric, one per round
         The feature matrix each round was fitted with (round 0: the identity, or ones with
         ``diag=True``).
+    M_history_ : list of numpy.ndarray
+        ``metric_history_`` as arrays, shapes as ``M_`` (formed on request).
     feature_importances_ : numpy.ndarray, shape (d,)
-        The diagonal of ``M_`` divided by its largest entry.
+        The diagonal of ``M_`` divided by its largest entry (from ``metric_``, no ``d x d`` array).
     coef_ : numpy.ndarray, shape (m, c)
         The kernel coefficients of ``model_`` (c outputs: targets, or one-hot classes).
     centers_ : numpy.ndarray, shape (m, d)
@@ -315,6 +323,7 @@ class _RFMBase(BaseEstimator):
             split_every=int(self.split_every),
             dtype=dtype.dtype,
             dtype_reason=dtype.reason,
+            metric_policy=metric_policy(),
             seed=seed,
             device=device,
             tf32=bool(self.tf32),
@@ -557,15 +566,25 @@ class _RFMBase(BaseEstimator):
         self._fingerprint = result.fingerprint
         self._fingerprint_vectors = result.fingerprint_vectors
         self.history_ = result.history
-        self.M_history_ = result.M_history
+        self.metric_history_ = result.metric_history
         self.model_: KernelMachine = result.model
         self.best_iter_ = int(best.round)
         self.n_iter_ = len(self.history_)
-        self.M_ = best.machine.M
-        self.feature_importances_ = normalized_diagonal(self.M_)
+        self.metric_: Metric = best.machine.metric
+        self.feature_importances_ = normalized_diagonal(self.metric_.diagonal())
         self.coef_ = self.model_.coef
         self.centers_ = self.model_.centers
         self.refit_: dict[str, Any] | None = result.refit
+
+    @property
+    def M_(self) -> np.ndarray:
+        """``metric_`` as an array, shape (d, d) or (d,) (see the class's Attributes)."""
+        return self.metric_.dense()
+
+    @property
+    def M_history_(self) -> list[np.ndarray]:
+        """``metric_history_`` as arrays (see the class's Attributes)."""
+        return [metric.dense() for metric in self.metric_history_]
 
     # --- storage -----------------------------------------------------------------------------------
 
@@ -601,7 +620,7 @@ class _RFMBase(BaseEstimator):
         )
         plan.save_model(
             header,
-            np.stack(self.M_history_),
+            self.metric_history_,
             model.coef,
             self.best_iter_,
             self.history_,

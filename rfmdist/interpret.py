@@ -23,6 +23,7 @@ import numpy as np
 from rfmdist.agop import normalized_diagonal
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
+from rfmdist.metric import Metric
 from rfmdist.operators import kernel_operator
 from rfmdist.store import read_store
 
@@ -42,19 +43,19 @@ def _run_summary(obj: Any) -> dict[str, Any]:
             )
         names = stored.attrs["estimator_state"].get("feature_names_in")
         return {
-            "M_history": stored.M_history,
+            "metric_history": stored.metric_history,
             "best_iter": stored.best_iter,
             "history": stored.history,
             "feature_names": names,
         }
-    if not hasattr(obj, "M_history_"):
+    if not hasattr(obj, "metric_history_"):
         raise TypeError(
             f"Expected a fitted RFMRegressor/RFMClassifier or a store path, found "
             f"{type(obj).__name__}; fit the estimator first or pass the path of a saved model."
         )
     names = getattr(obj, "feature_names_in_", None)
     return {
-        "M_history": np.stack([np.asarray(M, dtype=np.float64) for M in obj.M_history_]),
+        "metric_history": list(obj.metric_history_),
         "best_iter": int(obj.best_iter_),
         "history": list(obj.history_),
         "feature_names": None if names is None else [str(v) for v in names],
@@ -87,8 +88,8 @@ def feature_importance_history(obj: Any) -> np.ndarray:
     numpy.ndarray, shape (rounds, d)
         Row ``t`` is ``diag(M_t) / max diag(M_t)``; round 0 (``M = I``) is all ones.
     """
-    M_history = _run_summary(obj)["M_history"]
-    return np.stack([normalized_diagonal(M) for M in M_history])
+    metric_history = _run_summary(obj)["metric_history"]
+    return np.stack([normalized_diagonal(metric.diagonal()) for metric in metric_history])
 
 
 def top_features(
@@ -110,7 +111,7 @@ def top_features(
         ``(name, importance)``, most important first.
     """
     summary = _run_summary(obj)
-    importance = normalized_diagonal(summary["M_history"][summary["best_iter"]])
+    importance = normalized_diagonal(summary["metric_history"][summary["best_iter"]].diagonal())
     names = _feature_names(feature_names, summary["feature_names"], importance.shape[0])
     order = np.argsort(-importance, kind="stable")[: max(0, int(k))]
     return [(names[i], float(importance[i])) for i in order]
@@ -121,8 +122,10 @@ def top_eigenvectors(M: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    M : array, shape (d, d) or (d,)
-        Full matrix, or the diagonal of a diagonal one (eigenvectors are then coordinate axes).
+    M : array, shape (d, d) or (d,), or Metric
+        Full matrix, or the diagonal of a diagonal one (eigenvectors are then coordinate axes), or a
+        :class:`~rfmdist.metric.Metric` (a factored one by its factor's SVD, with no ``d x d``
+        matrix).
     k : int
         ``1 <= k``; at most ``d`` are returned.
 
@@ -141,6 +144,11 @@ def top_eigenvectors(M: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if k < 1:
         raise ValueError(f"Expected k >= 1 eigenvectors, found k={k}; pass a positive k.")
+    if isinstance(M, Metric) and M.form == "factor":
+        values, vectors = M.top_eigen(int(k))
+        return values, _signed(vectors)
+    if isinstance(M, Metric):
+        M = M.diagonal() if M.form in ("identity", "diagonal") else M.dense()
     M = np.asarray(to_numpy(M), dtype=np.float64)
     d = M.shape[0]
     k = min(int(k), d)
@@ -148,10 +156,14 @@ def top_eigenvectors(M: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(-M, kind="stable")[:k]
         return M[order], np.eye(d)[:, order]
     values, vectors = np.linalg.eigh((M + M.T) / 2)
-    values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
+    return values[::-1][:k], _signed(vectors[:, ::-1][:, :k])
+
+
+def _signed(vectors: np.ndarray) -> np.ndarray:
+    """Eigenvectors (columns) with their largest-magnitude entries positive."""
     rows = np.abs(vectors).argmax(axis=0)
-    signs = np.sign(vectors[rows, np.arange(k)])
-    return values, vectors * np.where(signs == 0, 1.0, signs)
+    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
+    return vectors * np.where(signs == 0, 1.0, signs)
 
 
 def eigen_history(obj: Any, k: int = 5) -> dict[str, np.ndarray]:
@@ -169,8 +181,8 @@ def eigen_history(obj: Any, k: int = 5) -> dict[str, np.ndarray]:
         between the top-``k`` eigenspaces of rounds ``t`` and ``t + 1`` (descending, 1 = shared
         direction); ``similarity`` (rounds - 1,): their mean squared cosine (1 = same subspace).
     """
-    M_history = _run_summary(obj)["M_history"]
-    pairs = [top_eigenvectors(M, k) for M in M_history]
+    metric_history = _run_summary(obj)["metric_history"]
+    pairs = [top_eigenvectors(metric, k) for metric in metric_history]
     cosines = np.array(
         [
             np.clip(np.linalg.svd(a.T @ b, compute_uv=False), 0.0, 1.0)
@@ -205,7 +217,9 @@ def interpretation_table(
         ``subspace_similarity`` (R,; None for round 0).
     """
     summary = _run_summary(obj)
-    importance = np.stack([normalized_diagonal(M) for M in summary["M_history"]])
+    importance = np.stack(
+        [normalized_diagonal(metric.diagonal()) for metric in summary["metric_history"]]
+    )
     names = _feature_names(feature_names, summary["feature_names"], importance.shape[1])
     eigen = eigen_history(obj, k)
     best = summary["best_iter"]

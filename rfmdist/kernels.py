@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from rfmdist.backend import TF32_EPSILON, get_namespace, tf32_enabled
+from rfmdist.metric import Metric, symmetric_root
 
 KernelName = Literal["laplace", "gaussian"]
 KERNELS: tuple[str, ...] = ("laplace", "gaussian")
@@ -60,12 +61,14 @@ def metric_root(M: Any) -> Any:
     xp = get_namespace(M)
     if M.ndim == 1:
         return xp.sqrt(xp.clip(M, 0, None))
-    evals, evecs = xp.linalg.eigh((M + M.T) / 2)
-    return (evecs * xp.sqrt(xp.clip(evals, 0, None))) @ evecs.T
+    return symmetric_root(M)
 
 
 def apply_metric_root(X: Any, S: Any) -> Any:
-    """Map rows to the transformed space: ``X @ S`` (full) or ``X * S`` (diagonal). Shape (n, d)."""
+    """Map rows (shape (n, d)) to the transformed space: ``X`` itself (``S`` None, the identity),
+    ``X * S`` (diagonal, shape (d,)) or ``X @ S`` (shape (d, k)); shape (n, k)."""
+    if S is None:
+        return X
     return X * S if S.ndim == 1 else X @ S
 
 
@@ -270,17 +273,18 @@ class PreparedKernel:
 
     Attributes
     ----------
-    S : array, shape (d, d) or (d,)
-        ``M^{1/2}``.
+    S : array, shape (d, k) or (d,), or None
+        A root of ``M`` (``M = S S^T``, :attr:`rfmdist.metric.Metric.root`): ``M^{1/2}``, a factor's
+        transpose, a diagonal's square roots, or None for the identity.
     centers : array, shape (m, d)
         The centers in the kernel's dtype (where coincidence with a row is judged).
-    centers_t : array, shape (m, d)
+    centers_t : array, shape (m, k)
         Centers in the transformed space.
     centers_sq : array, shape (m,)
         Their squared norms.
     kernel : {'laplace', 'gaussian'}
     bandwidth : float
-    centers_aug : array, shape (m, d + 2)
+    centers_aug : array, shape (m, k + 2)
         ``[centers_t, centers_sq, 1]`` for the fused distance GEMM.
     backend : {'fused', 'reference'}
         How a block's elementwise tail runs (:func:`kernel_backend`).
@@ -298,7 +302,7 @@ class PreparedKernel:
     @property
     def diag(self) -> bool:
         """True when ``M`` is diagonal."""
-        return self.S.ndim == 1
+        return self.S is not None and self.S.ndim == 1
 
     @property
     def dtype(self) -> np.dtype:
@@ -337,12 +341,12 @@ class PreparedKernel:
         transformed again in it); itself when it is already of ``dtype``."""
         if np.dtype(dtype) == self.dtype:
             return self
-        S = self.S.astype(dtype)
+        S = None if self.S is None else self.S.astype(dtype)
         return replace(self, S=S, **_centers_fields(self.centers.astype(dtype), S))
 
     def transform(self, X: Any) -> TransformedRows:
-        """The rows ``X`` (shape (b, d)) in the kernel's dtype, transformed (``X S``), with their
-        squared norms."""
+        """The rows ``X`` (shape (b, d)) in the kernel's dtype, transformed (``X S``, shape (b, k)),
+        with their squared norms."""
         X = X.astype(self.centers_t.dtype, copy=False)
         Xt = apply_metric_root(X, self.S)
         return TransformedRows(X, Xt, (Xt * Xt).sum(axis=1))
@@ -432,8 +436,9 @@ def prepare_kernel(
     Parameters
     ----------
     centers : array, shape (m, d)
-    M : array, shape (d, d) or (d,)
-        Feature matrix (full) or its diagonal.
+    M : Metric, or array of shape (d, d) or (d,)
+        The feature matrix: a :class:`~rfmdist.metric.Metric` (whose root is computed once, however
+        many kernels are prepared from it), or a full matrix or its diagonal (rooted here).
     kernel : {'laplace', 'gaussian'}
     bandwidth : float
         ``L > 0``.
@@ -446,8 +451,12 @@ def prepare_kernel(
         )
     if not bandwidth > 0:
         raise ValueError(f"Expected bandwidth > 0, found {bandwidth!r}; pass a positive float.")
-    xp = get_namespace(centers, M)
-    S = metric_root(xp.asarray(M, dtype=centers.dtype))
+    if isinstance(M, Metric):
+        xp = get_namespace(centers)
+        S = None if M.root is None else xp.asarray(M.root, dtype=centers.dtype)
+    else:
+        xp = get_namespace(centers, M)
+        S = metric_root(xp.asarray(M, dtype=centers.dtype))
     return PreparedKernel(
         S=S,
         kernel=kernel,

@@ -14,6 +14,7 @@ import numpy as np
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import PreparedKernel, prepare_kernel
+from rfmdist.metric import Metric
 from rfmdist.operators import kernel_operator
 
 # A shared range (see feature_scales): at least this share of the columns (and two) attains both the
@@ -131,7 +132,8 @@ class KernelMachine:
     centers : numpy.ndarray, shape (m, d)
         In the preprocessed space.
     coef : numpy.ndarray, shape (m, c)
-    M : numpy.ndarray, shape (d, d) or (d,)
+    metric : Metric
+        The feature matrix ``M`` (:mod:`rfmdist.metric`).
     kernel : str
     bandwidth : float
     preprocessing : Standardizer
@@ -143,7 +145,7 @@ class KernelMachine:
 
     centers: np.ndarray
     coef: np.ndarray
-    M: np.ndarray
+    metric: Metric
     kernel: str
     bandwidth: float
     preprocessing: Standardizer
@@ -154,9 +156,13 @@ class KernelMachine:
         """The kernel with centers transformed, in the namespace of ``like`` (NumPy by default)."""
         xp = np if like is None or is_dask_array(like) else get_namespace(like)
         centers = xp.asarray(self.centers, dtype=self.dtype)
-        return prepare_kernel(
-            centers, xp.asarray(self.M), kernel=self.kernel, bandwidth=self.bandwidth
-        )
+        return prepare_kernel(centers, self.metric, kernel=self.kernel, bandwidth=self.bandwidth)
+
+    @property
+    def M(self) -> np.ndarray:
+        """The feature matrix as an array, shape (d, d), or (d,) if diagonal (formed on request
+        from a factor: :meth:`rfmdist.metric.Metric.dense`)."""
+        return self.metric.dense()
 
     def decision(self, X: Any) -> Any:
         """Outputs ``f(X)`` in target units, shape (n, c): NumPy/CuPy in memory, lazy Dask for Dask.

@@ -30,7 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from rfmdist import memory
-from rfmdist.agop import GradientOperand, kernel_agop_sum
+from rfmdist.agop import (
+    GradientOperand,
+    original_accumulation,
+    to_original_agop,
+    transformed_agop_sum,
+)
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel
 from rfmdist.threads import (
@@ -159,6 +164,10 @@ class KernelOperator(Protocol):
 
     def agop_sum(
         self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None
+    ) -> Any: ...
+
+    def gradient_sum(
+        self, coef: Any, *, accumulate: str, rows: Any = None, gemm_dtype: Any = None
     ) -> Any: ...
 
     def predict(self, coef: Any) -> Any: ...
@@ -409,7 +418,7 @@ class BlockedKernelOperator:
         return both[:, :m], both[:, m:]
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
-        """AGOP partial sum over (a subset of) the rows.
+        """AGOP partial sum over (a subset of) the rows, in the original coordinates.
 
         Parameters
         ----------
@@ -425,25 +434,52 @@ class BlockedKernelOperator:
         -------
         array, shape (d, d) or (d,); float64
         """
+        S = self.prepared.S
+        accumulate = original_accumulation(S, diag)
+        total = self.gradient_sum(coef, accumulate=accumulate, rows=rows, gemm_dtype=gemm_dtype)
+        return to_original_agop(total, S, diag=diag)
+
+    def gradient_sum(
+        self, coef: Any, *, accumulate: str, rows: Any = None, gemm_dtype: Any = None
+    ) -> Any:
+        """The AGOP's partial sum over (a subset of) the rows in the transformed space (``k``
+        columns, :func:`rfmdist.agop.transformed_agop_sum`).
+
+        Parameters
+        ----------
+        coef : array, shape (m, c)
+        accumulate : {'diagonal', 'gram', 'stack'}
+        rows, gemm_dtype
+            As for :meth:`agop_sum`.
+
+        Returns
+        -------
+        array, shape (k,), (k, k) or (s, c, k) (``s`` rows); float64
+        """
         X = self.X if rows is None else self.X[rows]
         step = self._agop_rows(coef.shape[1])
-        total = None
+        groups = []
         for outputs in output_groups(self.prepared, coef.shape[1], gemm_dtype):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
             parts = map_blocks(
-                lambda start, operand=operand, outputs=outputs: kernel_agop_sum(
+                lambda start, operand=operand, outputs=outputs: transformed_agop_sum(
                     self.prepared,
                     X[start : start + step],
                     coef[:, outputs],
-                    diag=diag,
+                    accumulate=accumulate,
                     operand=operand,
                 ),
                 range(0, X.shape[0], step),
                 self.workers,
             )
-            part = ordered_sum(parts)
-            total = part if total is None else total + part
-        return total
+            groups.append(
+                get_namespace(parts[0]).concatenate(parts, axis=0)
+                if accumulate == "stack"
+                else ordered_sum(parts)
+            )
+        if accumulate == "stack":
+            return get_namespace(groups[0]).concatenate(groups, axis=1)
+        return ordered_sum(groups)
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
@@ -662,26 +698,53 @@ class DaskKernelOperator:
 
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)
-        (``gemm_dtype`` as for :meth:`BlockedKernelOperator.agop_sum`)."""
+        (as :meth:`BlockedKernelOperator.agop_sum`)."""
+        S = self.prepared.S
+        accumulate = original_accumulation(S, diag)
+        total = self.gradient_sum(coef, accumulate=accumulate, rows=rows, gemm_dtype=gemm_dtype)
+        return to_original_agop(total, S, diag=diag)
+
+    def gradient_sum(
+        self, coef: Any, *, accumulate: str, rows: Any = None, gemm_dtype: Any = None
+    ) -> Any:
+        """The AGOP's transformed-space partial sums (as :meth:`BlockedKernelOperator.gradient_sum`):
+        per chunk, tree-reduced, or (``'stack'``) the chunks' gradients concatenated."""
         import dask.array as da
 
         X = self.X if rows is None else self.X[rows]
         X = X[:, :]  # a fresh graph layer even when rows is None
-        d = X.shape[1]
+        k = self.prepared.centers_t.shape[1]
         n_chunks = len(X.chunks[0])
-        shape = (d,) if diag else (d, d)
+        meta = X._meta.astype(np.float64)
+        if accumulate == "stack":
+            c = coef.shape[1]
+            return self._compute(
+                lambda: da.map_blocks(
+                    _agop_task,
+                    X,
+                    self._shared,
+                    coef,
+                    accumulate=accumulate,
+                    gemm_dtype=gemm_dtype,
+                    new_axis=[2],
+                    chunks=(X.chunks[0], (c,), (k,)),
+                    dtype=np.float64,
+                    meta=meta[None],
+                )
+            )
+        shape = (k,) if accumulate == "diagonal" else (k, k)
         return self._tree_sum(
             lambda: da.map_blocks(
                 _agop_task,
                 X,
                 self._shared,
                 coef,
-                diag=diag,
+                accumulate=accumulate,
                 gemm_dtype=gemm_dtype,
-                new_axis=[2] if not diag else [],
+                new_axis=[2] if len(shape) == 2 else [],
                 chunks=((1,) * n_chunks, *((s,) for s in shape)),
                 dtype=np.float64,
-                meta=X._meta.astype(np.float64)[None] if not diag else X._meta.astype(np.float64),
+                meta=meta[None] if len(shape) == 2 else meta,
             )
         )
 
@@ -735,10 +798,11 @@ def _rmatvec_task(chunk: Any, U: Any, prepared: PreparedKernel, cached: bool) ->
 
 
 def _agop_task(
-    x_block: Any, prepared: PreparedKernel, coef: Any, *, diag: bool, gemm_dtype: Any
+    x_block: Any, prepared: PreparedKernel, coef: Any, *, accumulate: str, gemm_dtype: Any
 ) -> Any:
     op = BlockedKernelOperator(x_block, prepared, workers=1)
-    return op.agop_sum(coef, diag=diag, gemm_dtype=gemm_dtype)[None]
+    total = op.gradient_sum(coef, accumulate=accumulate, gemm_dtype=gemm_dtype)
+    return total if accumulate == "stack" else total[None]
 
 
 def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:

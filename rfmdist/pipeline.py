@@ -41,6 +41,7 @@ from rfmdist.backend import set_tf32, tf32_matmul, to_numpy
 from rfmdist.centers import NOT_A_ROW, CenterSelector, FixedSelector, selector_for
 from rfmdist.data import is_dask_array, on_device, take_rows
 from rfmdist.fingerprint import column_statistics
+from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import active_client, chunk_rows_for
 from rfmdist.sizing import CentersChoice, auto_centers, fit_capacity
@@ -62,7 +63,6 @@ from rfmdist.training import (
     RoundsResult,
     TrainingData,
     cache_budget,
-    identity_metric,
     refit_round,
     run_rounds,
 )
@@ -208,7 +208,7 @@ class FitResult:
     model : KernelMachine
         The predictor: the kept round's, or its refit on all rows.
     history : list of dict
-    M_history : list of numpy.ndarray
+    metric_history : list of Metric
     refit : dict or None
         The refit's record.
     seed : int
@@ -222,7 +222,7 @@ class FitResult:
     best: RoundOutcome
     model: KernelMachine
     history: list[dict[str, Any]]
-    M_history: list[np.ndarray]
+    metric_history: list[Metric]
     refit: dict[str, Any] | None
     seed: int
     fingerprint: dict[str, Any]
@@ -237,7 +237,7 @@ class FitResult:
             best=best,
             model=stored.machine,
             history=stored.history,
-            M_history=list(stored.M_history),
+            metric_history=list(stored.metric_history),
             refit=stored.refit,
             seed=int(stored.attrs["seed"]),
             fingerprint=stored.attrs["data"],
@@ -254,7 +254,7 @@ def stored_best(stored: StoredRun) -> RoundOutcome | None:
         round=stored.best_iter,
         machine=stored.machine,
         record=stored.history[stored.best_iter],
-        next_M=None,
+        next_metric=None,
     )
 
 
@@ -409,7 +409,7 @@ class Checkpoint:
             )
         return previous
 
-    def start(self, header: RunHeader, M0: np.ndarray, resuming: bool) -> None:
+    def start(self, header: RunHeader, M0: Metric, resuming: bool) -> None:
         """Open the run's writer: a new run with ``M_0`` (the header's centers and scalings), or
         the run being resumed."""
         plan = self.run_plan
@@ -426,7 +426,7 @@ class Checkpoint:
         self.writer.commit_round(
             outcome.round,
             outcome.machine.coef,
-            outcome.next_M,
+            outcome.next_metric,
             best_round,
             history,
             None if rates is None else dataclasses.asdict(rates),
@@ -537,7 +537,7 @@ class FitPipeline:
             header = self.identity.header(
                 seed, fingerprint, vectors, data.centers, preprocessing, target_scaling
             )
-            M0 = identity_metric(int(X.shape[1]), config.diag)
+            M0 = Metric.identity(int(X.shape[1]), config.diag)
             self.checkpoint.start(header, M0, resuming=previous is not None)
         with compute_context(config.device, config.tf32):
             rounds = self._rounds(data, config, targets, scored_validation, previous)
@@ -553,7 +553,7 @@ class FitPipeline:
             best=rounds.best,
             model=model,
             history=rounds.history,
-            M_history=rounds.M_history,
+            metric_history=rounds.metric_history,
             refit=refit,
             seed=seed,
             fingerprint=fingerprint,
@@ -731,9 +731,9 @@ class FitPipeline:
             if previous is None
             else (
                 previous.history,
-                list(previous.M_history),
+                list(previous.metric_history),
                 stored_best(previous),
-                previous.next_M,
+                previous.next_metric,
             ),
             on_round=on_round,
             progress=self.progress,
@@ -780,7 +780,7 @@ class FitPipeline:
         full.workspace = data.workspace
         started = time.perf_counter()
         best = rounds.best
-        outcome = refit_round(full, config, best.machine.M, best.round, self.progress)
+        outcome = refit_round(full, config, best.machine.metric, best.round, self.progress)
         record = outcome.record | {"rows": full.n_rows, "seconds": time.perf_counter() - started}
         logger.info(
             "refitted round %d's M on all %d rows (%s, %.2f s)",

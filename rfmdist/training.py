@@ -31,6 +31,7 @@ from rfmdist import memory
 from rfmdist.backend import get_namespace, to_numpy
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
+from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.operators import KernelOperator, active_client, kernel_operator
 from rfmdist.progress import CGTracker, LogProgress
@@ -102,6 +103,8 @@ class RoundConfig:
         Wall-clock seconds for the rounds (None: no limit).
     dtype_reason : str
         Why ``dtype`` (recorded with every round).
+    metric_policy : {'auto', 'dense', 'factored'}
+        Which forms ``M`` may take (:func:`rfmdist.metric.metric_policy`).
     """
 
     kernel: str
@@ -124,6 +127,7 @@ class RoundConfig:
     n_iter_no_change: int | None = None
     time_budget: float | None = None
     dtype_reason: str = "as requested"
+    metric_policy: str = "auto"
 
 
 @dataclass
@@ -229,19 +233,14 @@ class RoundOutcome:
         The round's predictor (with ``M_t``).
     record : dict
         JSON-ready: scores, seconds, the solver choice and record, AGOP seconds.
-    next_M : numpy.ndarray or None
+    next_metric : Metric or None
         ``M_{t+1}`` (None after the last round).
     """
 
     round: int
     machine: KernelMachine
     record: dict[str, Any]
-    next_M: np.ndarray | None
-
-
-def identity_metric(d: int, diag: bool) -> np.ndarray:
-    """``M_0``: the identity, as a (d, d) matrix or a (d,) diagonal."""
-    return np.ones(d) if diag else np.eye(d)
+    next_metric: Metric | None
 
 
 def agop_rows(n: int, samples: int | None, seed: int, round_index: int) -> np.ndarray | None:
@@ -250,21 +249,6 @@ def agop_rows(n: int, samples: int | None, seed: int, round_index: int) -> np.nd
         return None
     rng = np.random.default_rng([seed, 1, round_index])
     return np.sort(rng.choice(n, size=samples, replace=False))
-
-
-def next_metric(agop: np.ndarray, normalize: str | None) -> np.ndarray:
-    """The next round's ``M`` from an AGOP: divided by its largest entry, or as it is.
-
-    Examples
-    --------
-    >>> next_metric(np.array([[4.0, 1.0], [1.0, 2.0]]), "max")
-    array([[1.  , 0.25],
-           [0.25, 0.5 ]])
-    """
-    if normalize != "max":
-        return agop
-    top = float(np.max(agop)) if agop.size else 0.0
-    return agop / top if top > 0 else agop
 
 
 def memory_budget(config: RoundConfig, data: TrainingData) -> int:
@@ -461,7 +445,7 @@ def iterate_rounds(
     config: RoundConfig,
     *,
     start_round: int = 0,
-    start_M: np.ndarray | None = None,
+    start_metric: Metric | None = None,
     validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
     pcg_iterations: float | None = None,
     progress: Any = None,
@@ -474,8 +458,8 @@ def iterate_rounds(
     data : TrainingData
     config : RoundConfig
     start_round : int
-        First round to run (resume); ``start_M`` must then be that round's ``M``.
-    start_M : numpy.ndarray, optional
+        First round to run (resume); ``start_metric`` must then be that round's ``M``.
+    start_metric : Metric, optional
         Feature matrix of ``start_round`` (identity by default).
     validation : (X_val, score) , optional
         Raw validation features (NumPy, CuPy or Dask) and ``score(predictions) -> float``.
@@ -488,16 +472,11 @@ def iterate_rounds(
     """
     progress = LogProgress() if progress is None else progress
     d = int(data.X.shape[1])
-    M = (
-        identity_metric(d, config.diag)
-        if start_M is None
-        else np.asarray(start_M, dtype=np.float64)
-    )
+    metric = Metric.identity(d, config.diag) if start_metric is None else start_metric
     for t in range(start_round, config.iters + 1):
         started = time.perf_counter()
-        xp = get_namespace(data.centers)
         prepared = prepare_kernel(
-            data.centers, xp.asarray(M), kernel=config.kernel, bandwidth=config.bandwidth
+            data.centers, metric, kernel=config.kernel, bandwidth=config.bandwidth
         )
         m = prepared.n_centers
         solver, choice_record, choice = choose_solver(config, data, m, pcg_iterations)
@@ -522,7 +501,7 @@ def iterate_rounds(
         machine = KernelMachine(
             centers=to_numpy(data.centers),
             coef=to_numpy(solved.coef).astype(np.float64),
-            M=M.copy(),
+            metric=metric,
             kernel=config.kernel,
             bandwidth=config.bandwidth,
             preprocessing=data.preprocessing,
@@ -537,6 +516,7 @@ def iterate_rounds(
             "cached_kernel": cache,
             "dtype": op.prepared.dtype.name,
             "dtype_choice": {"dtype": np.dtype(config.dtype).name, "reason": config.dtype_reason},
+            "metric": metric.record(),
             "solve": solved.record,
             "train_score": None,
             "train_score_rows": None,
@@ -550,17 +530,12 @@ def iterate_rounds(
             pred = machine.decision(X_val)
             pred = compute_dask(pred) if is_dask_array(pred) else pred
             record["val_score"] = float(val_score(to_numpy(pred)))
-        next_M = None
+        next_metric = None
         if t < config.iters:
             agop_start = time.perf_counter()
-            rows = agop_rows(data.n_rows, config.agop_samples, config.seed, t)
-            n_used = data.n_rows if rows is None else len(rows)
-            total = op.agop_sum(
-                xp.asarray(solved.coef), diag=config.diag, rows=rows, gemm_dtype=AGOP_GEMM_DTYPE
-            )
-            next_M = next_metric(to_numpy(total) / n_used, config.normalize_agop)
+            next_metric, record["agop"] = agop_metric(op, metric, solved.coef, data, config, t)
             record["agop_seconds"] = time.perf_counter() - agop_start
-            record["agop_rows"] = n_used
+            record["agop_rows"] = record["agop"]["rows"]
         record["seconds"] = time.perf_counter() - started
         logger.info(
             "round %d: train %.6g, val %s, %s in %.2f s",
@@ -570,25 +545,48 @@ def iterate_rounds(
             solver,
             record["seconds"],
         )
-        outcome = RoundOutcome(round=t, machine=machine, record=record, next_M=next_M)
+        outcome = RoundOutcome(round=t, machine=machine, record=record, next_metric=next_metric)
         progress.round_finished(outcome)
         yield outcome
-        if next_M is not None:
-            M = next_M
+        if next_metric is not None:
+            metric = next_metric
+
+
+def agop_metric(
+    op: Any, metric: Metric, coef: Any, data: TrainingData, config: RoundConfig, t: int
+) -> tuple[Metric, dict[str, Any]]:
+    """``M_{t+1}``: the AGOP of round ``t``'s predictor (kernel operator ``op`` with ``M_t =
+    metric``, coefficients ``coef`` (m, c)) on its sampled rows, normalized, in the form
+    :meth:`Metric.agop_plan` picks; with a JSON-ready record of how it was accumulated."""
+    rows = agop_rows(data.n_rows, config.agop_samples, config.seed, t)
+    points = data.n_rows if rows is None else len(rows)
+    accumulate, form = metric.agop_plan(points, int(coef.shape[1]), config.metric_policy)
+    total = op.gradient_sum(
+        get_namespace(data.centers).asarray(coef),
+        accumulate=accumulate,
+        rows=rows,
+        gemm_dtype=AGOP_GEMM_DTYPE,
+    )
+    agop = metric.next_from_gradients(to_numpy(total), accumulate, form, points)
+    return agop.normalized(config.normalize_agop), {
+        "rows": points,
+        "accumulate": accumulate,
+        "form": form,
+    }
 
 
 def refit_round(
     data: TrainingData,
     config: RoundConfig,
-    M: np.ndarray,
+    metric: Metric,
     round_index: int,
     progress: Any = None,
 ) -> RoundOutcome:
-    """Fit round ``round_index``'s feature matrix ``M`` on ``data`` once more (one solve, no AGOP,
-    no validation): the final model of a fit whose rounds saw only part of the rows."""
+    """Fit round ``round_index``'s feature matrix ``metric`` on ``data`` once more (one solve, no
+    AGOP, no validation): the final model of a fit whose rounds saw only part of the rows."""
     last = replace(config, iters=round_index)
     rounds = iterate_rounds(
-        data, last, start_round=round_index, start_M=M, progress=progress, stage="refit"
+        data, last, start_round=round_index, start_metric=metric, progress=progress, stage="refit"
     )
     return next(rounds)
 
@@ -650,7 +648,7 @@ class RoundsResult:
         The round kept (best on validation, or the last).
     history : list of dict
         Every round's record; the last one's ``"stopped"`` says why the rounds stopped.
-    M_history : list of numpy.ndarray
+    metric_history : list of Metric
         ``M_t`` of every round.
     stop_reason : str
         :data:`STOP_ITERS`, :data:`STOP_NO_CHANGE`, :data:`STOP_TIME` or :data:`STOP_CALLBACK`.
@@ -658,7 +656,7 @@ class RoundsResult:
 
     best: RoundOutcome
     history: list[dict[str, Any]]
-    M_history: list[np.ndarray]
+    metric_history: list[Metric]
     stop_reason: str
 
 
@@ -677,7 +675,7 @@ def run_rounds(
     *,
     greater_is_better: bool,
     validation: tuple[Any, Callable[[np.ndarray], float]] | None = None,
-    previous: tuple[list[dict[str, Any]], list[np.ndarray], RoundOutcome, np.ndarray] | None = None,
+    previous: tuple[list[dict[str, Any]], list[Metric], RoundOutcome, Metric | None] | None = None,
     on_round: Callable[[RoundOutcome, int, list[dict[str, Any]]], bool] | None = None,
     progress: Any = None,
 ) -> RoundsResult:
@@ -690,7 +688,7 @@ def run_rounds(
     greater_is_better : bool
         How validation scores compare.
     validation : (X_val, score), optional
-    previous : (history, M_history, best, next_M), optional
+    previous : (history, metric_history, best, next_metric), optional
         The committed rounds of a run being resumed, its best round and the next round's ``M``.
     on_round : callable, optional
         ``on_round(outcome, best_round, history)`` after each round (commit it, call the user's
@@ -704,20 +702,20 @@ def run_rounds(
     RoundsResult
     """
     history: list[dict[str, Any]] = [] if previous is None else list(previous[0])
-    M_history: list[np.ndarray] = [] if previous is None else list(previous[1])
+    metric_history: list[Metric] = [] if previous is None else list(previous[1])
     best = None if previous is None else previous[2]
     stopping = EarlyStopping(greater_is_better, config.n_iter_no_change)
     for record in history:
         stopping.observe(int(record["round"]), record["val_score"])
     stop_reason = _stop_reason(stopping, history, config)
     if stop_reason is not None or len(history) > config.iters:
-        return RoundsResult(best, history, M_history, stop_reason or STOP_ITERS)
+        return RoundsResult(best, history, metric_history, stop_reason or STOP_ITERS)
     iterations = [h["solve"]["iterations"] for h in history if h["solver"] == "pcg"]
     rounds = iterate_rounds(
         data,
         config,
         start_round=len(history),
-        start_M=None if previous is None else previous[3],
+        start_metric=None if previous is None else previous[3],
         validation=validation,
         pcg_iterations=float(iterations[-1]) if iterations else None,
         progress=progress,
@@ -728,11 +726,11 @@ def run_rounds(
         if stopping.best_round == outcome.round:
             best = outcome
         history.append(outcome.record)
-        M_history.append(outcome.machine.M)
+        metric_history.append(outcome.machine.metric)
         reason = _stop_reason(stopping, history, config)
         if reason is not None:
             outcome.record["stopped"] = reason
-        elif outcome.next_M is None:
+        elif outcome.next_metric is None:
             outcome.record["stopped"] = STOP_ITERS
         if on_round is not None and on_round(outcome, best.round, history):
             stop_reason = reason or STOP_CALLBACK
@@ -742,7 +740,7 @@ def run_rounds(
             stop_reason = reason
             logger.info("stopping after round %d: %s", outcome.round, _describe(reason, config))
             break
-    return RoundsResult(best, history, M_history, stop_reason)
+    return RoundsResult(best, history, metric_history, stop_reason)
 
 
 def _stop_reason(

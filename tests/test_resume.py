@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import REPO, product_task
+from conftest import REPO, as_format_2, product_task
 
 import rfmdist
 from rfmdist import RFMClassifier, RFMRegressor
@@ -78,12 +78,11 @@ def test_uncommitted_round_data_is_ignored(task, reference, tmp_path):
     path = tmp_path / "run.zarr"
     RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, callback=_stop_after(1))
     group = zarr.open_group(str(path), mode="r+")
-    assert group.attrs["completed_rounds"] == 2 and group["history/M"].shape[0] == 3
+    assert group.attrs["completed_rounds"] == 2 and "history/M/2" in group
     # What round 2 would have written before its commit: its coef and M_3.
     group["checkpoint/coef"].resize((3, N, 1))
     group["checkpoint/coef"][2] = -1.0
-    group["history/M"].resize((4, D, D))
-    group["history/M"][3] = 123.0
+    group.create_array("history/M/3", data=np.full((D, D), 123.0)).attrs["form"] = "dense"
     resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
     _assert_same_fit(resumed, reference, X)
 
@@ -289,16 +288,34 @@ def test_a_committed_refit_is_not_recomputed_on_resume(
     _assert_same_fit(rfmdist.load(path), split_reference, X)
 
 
-def test_version_1_stores_still_load(task, tmp_path):
-    """Stores written before refits existed (format version 1, same layout) load as before."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_stores_still_load(task, tmp_path, version):
+    """Stores of formats 1 (before refits existed) and 2 (every M dense in one (R, d, d) array)
+    load as before."""
     X, y, eval_set = task
     model = RFMRegressor(iters=1, random_state=0).fit(X[:300], y[:300], eval_set=eval_set)
     path = tmp_path / "old.zarr"
     model.save(path)
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs.update({"format_version": 1})
+    as_format_2(path, version=version)
     old = rfmdist.load(path)
     np.testing.assert_array_equal(old.predict(X), model.predict(X))
+    for M, M_ref in zip(old.M_history_, model.M_history_, strict=True):
+        np.testing.assert_array_equal(M, M_ref)
+
+
+def test_format_2_run_resumes_in_its_own_layout(task, reference, tmp_path):
+    """An interrupted run of format 2 resumes to the uninterrupted fit, writing the next rounds'
+    M into its (R, d, d) history array as that format does."""
+    X, y, eval_set = task
+    path = tmp_path / "run.zarr"
+    RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, callback=_stop_after(1))
+    as_format_2(path)
+    resumed = RFMRegressor(**PARAMS).fit(X, y, eval_set=eval_set, store=path, resume=True)
+    _assert_same_fit(resumed, reference, X)
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["format_version"] == 2
+    assert group["history/M"].shape == (len(reference.history_), D, D)
+    _assert_same_fit(rfmdist.load(path), reference, X)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import product_task
+from conftest import as_format_2, product_task
 
 import rfmdist
 from rfmdist import RFMClassifier, RFMRegressor
@@ -106,18 +106,25 @@ def test_finished_store_has_documented_layout(tmp_path):
     group = zarr.open_group(str(path), mode="r")
     d, m, c, rounds = 4, 200, 3, 3
     shapes = {
-        "M": (d, d),
         "coef": (m, c),
         "centers": (m, d),
-        "history/M": (rounds, d, d),
+        "history/M/0": (d,),
+        "history/M/1": (d, d),
+        "history/M/2": (d, d),
         "preprocessing/mean": (d,),
         "preprocessing/scale": (d,),
         "classes": (3,),
     }
     for name, shape in shapes.items():
         assert group[name].shape == shape, name
+    # M_0 = I is stored as its form and diagonal; the AGOPs of d = 4 features are dense.
+    forms = [group[f"history/M/{t}"].attrs["form"] for t in range(rounds)]
+    assert forms == ["identity", "dense", "dense"] and f"history/M/{rounds}" not in group
+    best = dict(group.attrs)["best_iter"]
+    assert group["M"].attrs["form"] == forms[best]
+    np.testing.assert_array_equal(group["M"][...], group[f"history/M/{best}"][...])
     assert "checkpoint" not in group and "target_scaling" not in group
-    assert group["coef"].dtype == np.float64 and group["history/M"].chunks == (1, d, d)
+    assert group["coef"].dtype == np.float64 and group["history/M/1"].dtype == np.float64
     attrs = dict(group.attrs)
     assert set(REQUIRED_ATTRS) <= set(attrs) and "versions" in attrs
     assert (attrs["format"], attrs["format_version"]) == (FORMAT_NAME, FORMAT_VERSION)
@@ -174,7 +181,7 @@ def test_wrong_shape(saved):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"format_version": 99}, "Expected store format version 1 or 2.*found 99"),
+        ({"format_version": 99}, "Expected store format version 1 or 2 or 3.*found 99"),
         ({"format": "something-else"}, "Expected an rfmdist store"),
         ({"completed_rounds": 5}, "Expected 5 history records"),
         ({"best_iter": 7}, "best_iter=7"),
@@ -187,6 +194,14 @@ def test_edited_attributes(saved, edit, message):
 
 
 def test_history_rows_disagree_with_attrs(saved):
+    group = zarr.open_group(str(saved), mode="r+")
+    del group["history/M/2"]
+    with pytest.raises(StoreError, match="Expected an array 'history/M/2'"):
+        rfmdist.load(saved)
+
+
+def test_format_2_history_rows_disagree_with_attrs(saved):
+    as_format_2(saved)
     group = zarr.open_group(str(saved), mode="r+")
     group["history/M"].resize((2, 4, 4))
     with pytest.raises(StoreError, match="'history/M' with 3 rows"):
@@ -296,7 +311,7 @@ def _claim_shape(path: Path, array: str, shape: list[int]) -> None:
     ("array", "shape"),
     [
         ("centers", [10**6, 10**6]),  # 10^12 elements
-        ("history/M", [10**8, 4, 4]),
+        ("history/M/1", [10**8, 4]),
         ("fingerprint/x_sum", [10**12]),
     ],
 )

@@ -14,9 +14,10 @@ from rfmdist.exceptions import StoreError
 from rfmdist.store.location import StoreLocation
 
 FORMAT_NAME = "rfmdist-model"
-FORMAT_VERSION = 2
-# Versions this code reads (1: written before refits existed; the same layout without them).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions this code reads (1: written before refits existed; 2: M as one (R, d, d) array, before
+# factored matrices; both load and resume in their own layout, :mod:`rfmdist.store.metrics`).
+READABLE_VERSIONS = (1, 2, 3)
 REQUIRED_ATTRS = (
     "format",
     "format_version",

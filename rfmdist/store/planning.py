@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist.exceptions import StoreError
+from rfmdist.metric import Metric
 from rfmdist.store.layout import RESUME_HINT
 from rfmdist.store.location import StoreLocation, store_location
 from rfmdist.store.reader import completed_rounds_at, read_status
@@ -91,13 +92,13 @@ class RunPlan:
         """Where the run is now: ``target`` once ``work`` has been moved there, else ``work``."""
         return self.target if self._replaced else self.work
 
-    def open_writer(self, header: RunHeader, M0: np.ndarray) -> RunWriter:
+    def open_writer(self, header: RunHeader, M0: Metric) -> RunWriter:
         """Start the new run (mode ``'fresh'``) at ``work``, first deleting a stale ``.partial``.
 
         Parameters
         ----------
         header : RunHeader
-        M0 : numpy.ndarray, shape (d, d) or (d,)
+        M0 : Metric
             ``M_0``, written as ``history/M[0]``.
 
         Returns
@@ -132,7 +133,7 @@ class RunPlan:
     def save_model(
         self,
         header: RunHeader,
-        M_history: np.ndarray,
+        metric_history: list[Metric],
         coef: np.ndarray,
         best_iter: int,
         history: list[dict[str, Any]],
@@ -144,7 +145,7 @@ class RunPlan:
         Parameters
         ----------
         header : RunHeader
-        M_history : numpy.ndarray, shape (R, d, d) or (R, d)
+        metric_history : list of Metric
         coef : numpy.ndarray, shape (m, c)
         best_iter : int
         history : list of dict
@@ -154,7 +155,7 @@ class RunPlan:
         """
         self._expect_mode(FRESH, "save a model")
         self._clear_stale_partial()
-        save_model(self.work, header, M_history, coef, best_iter, history, refit=refit)
+        save_model(self.work, header, metric_history, coef, best_iter, history, refit=refit)
         self.complete()
 
     def _clear_stale_partial(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from rfmdist.exceptions import StoreError
 from rfmdist.fingerprint import VECTORS
+from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
 from rfmdist.store.codec import params_from_store
 from rfmdist.store.layout import (
@@ -23,6 +24,7 @@ from rfmdist.store.layout import (
     read_array,
 )
 from rfmdist.store.location import StoreLocation, store_location
+from rfmdist.store.metrics import read_metric, read_round_metrics
 
 
 def read_status(location: StoreLocation) -> str | None:
@@ -68,9 +70,9 @@ class StoredRun:
         ``set_params`` keywords.
     machine : KernelMachine or None
         The best round's machine (None for a run with no committed round).
-    M_history : numpy.ndarray, shape (R, d, d) or (R, d)
+    metric_history : list of Metric
         ``M_t`` of the committed rounds.
-    next_M : numpy.ndarray or None
+    next_metric : Metric or None
         ``M_R``, the next round's feature matrix (runs in progress; None when complete).
     classes : numpy.ndarray or None
     """
@@ -78,8 +80,8 @@ class StoredRun:
     attrs: dict[str, Any]
     params: dict[str, Any]
     machine: KernelMachine | None
-    M_history: np.ndarray
-    next_M: np.ndarray | None
+    metric_history: list[Metric]
+    next_metric: Metric | None
     classes: np.ndarray | None
     data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -195,7 +197,6 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
     data, params_json = attrs["data"], attrs["params"]
     d, c = int(data["d"]), int(data["n_outputs"])
     diag = bool(params_json.get("diag"))
-    m_shape = (d,) if diag else (d, d)
     rounds, best = int(attrs["completed_rounds"]), attrs["best_iter"]
     complete = attrs["status"] == "complete"
     if len(attrs["history"]) != rounds or (
@@ -216,30 +217,26 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         max_rows=_max_centers(params_json, n_rows, group),
     )[...]
     m = centers.shape[0]
-    history_M = read_array(group, "history/M", location, (-1, *m_shape), max_rows=iters + 2)
     # A run in progress also holds M_R, the next round's matrix, unless its rounds have ended (all
     # run, or the last record says they stopped: early stopping or the time budget).
     ended = rounds > int(params_json["iters"]) or (
         rounds > 0 and bool(attrs["history"][-1].get("stopped"))
     )
     needed = rounds + 1 if not complete and not ended else rounds
-    if history_M.shape[0] < needed or (complete and history_M.shape[0] != rounds):
-        raise StoreError(
-            f"Expected array 'history/M' with {needed} rows (completed_rounds={rounds}) in the "
-            f"store at {location.url!r}, found {history_M.shape[0]}; the store is damaged or was "
-            "edited: restore it from a copy or refit."
-        )
+    # The AGOP's rank bound: its points (at most the rows) times the outputs, or d.
+    shape = {"d": d, "diag": diag, "max_rank": max(n_rows * c, d)}
+    metrics = read_round_metrics(group, location, needed, max_rounds=iters + 2, **shape)
     _restore_residuals(group, location, attrs, c)
-    M_history = history_M[:rounds] if rounds else np.empty((0, *m_shape))
+    metric_history = metrics[:rounds]
     preprocessing = _read_standardizer(group, "preprocessing", location, d)
     target_scaling = _read_standardizer(group, "target_scaling", location, c)
     machine = None
     if rounds:
         if complete:
-            M = read_array(group, "M", location, m_shape)[...]
+            metric = read_metric(group, "M", location, **shape)
             coef = read_array(group, "coef", location, (m, c))[...]
         else:
-            M = M_history[int(best)]
+            metric = metric_history[int(best)]
             coef = read_array(group, "checkpoint/coef", location, (-1, m, c), max_rows=iters + 2)[
                 int(best)
             ]
@@ -253,7 +250,7 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         machine = KernelMachine(
             centers=centers,
             coef=np.asarray(coef, dtype=np.float64),
-            M=np.asarray(M, dtype=np.float64),
+            metric=metric,
             kernel=params_json["kernel"],
             bandwidth=float(params_json["bandwidth"]),
             preprocessing=preprocessing,
@@ -264,8 +261,8 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         attrs=attrs,
         params=params_from_store(params_json, group, location, d),
         machine=machine,
-        M_history=np.asarray(M_history, dtype=np.float64),
-        next_M=np.asarray(history_M[rounds], dtype=np.float64) if needed > rounds else None,
+        metric_history=metric_history,
+        next_metric=metrics[rounds] if needed > rounds else None,
         classes=_read_classes(group, location, data.get("classes")),
         data_vectors=_read_vectors(group, location, d, c, attrs["data"].get("eval_set")),
     )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist.backend import to_numpy
+from rfmdist.metric import Metric
 from rfmdist.model import Standardizer
 from rfmdist.store.codec import json_safe, params_to_store
 from rfmdist.store.layout import (
@@ -23,6 +24,12 @@ from rfmdist.store.layout import (
     write_attributes,
 )
 from rfmdist.store.location import StoreLocation
+from rfmdist.store.metrics import (
+    copy_round_metric,
+    keep_rounds,
+    write_metric,
+    write_round_metric,
+)
 
 
 def versions() -> dict[str, str]:
@@ -108,10 +115,6 @@ def stored_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [_stored_record(h, residuals_path(t)) for t, h in enumerate(history)]
 
 
-def _history_chunks(M: np.ndarray) -> tuple[int, ...]:
-    return (1, *M.shape)
-
-
 class RunWriter:
     """Writes a run round by round with the commit protocol of :mod:`rfmdist.store`.
 
@@ -143,16 +146,16 @@ class RunWriter:
         cls,
         location: StoreLocation,
         header: RunHeader,
-        M0: np.ndarray,
+        M0: Metric,
         on_commit: Callable[[RunWriter], None] | None = None,
     ) -> RunWriter:
-        """Start a run at ``location`` (which must be empty) with ``M_0`` as ``history/M[0]``.
+        """Start a run at ``location`` (which must be empty) with ``M_0`` as ``history/M/0``.
 
         Parameters
         ----------
         location : StoreLocation
         header : RunHeader
-        M0 : numpy.ndarray, shape (d, d) or (d,)
+        M0 : Metric
         on_commit : callable, optional
             See the class.
         """
@@ -169,8 +172,7 @@ class RunWriter:
             write_array(group, "classes", header.classes)
         for name, vector in header.data_vectors.items():
             write_array(group, f"fingerprint/{name}", np.asarray(vector, dtype=np.float64))
-        M0 = np.asarray(M0, dtype=np.float64)
-        write_array(group, "history/M", M0[None], chunks=_history_chunks(M0))
+        write_round_metric(group, 0, M0)
         write_attributes(
             group,
             {
@@ -207,7 +209,7 @@ class RunWriter:
         self,
         t: int,
         coef: np.ndarray,
-        next_M: np.ndarray | None,
+        next_metric: Metric | None,
         best_iter: int,
         history: list[dict[str, Any]],
         rates: dict[str, Any] | None = None,
@@ -219,7 +221,7 @@ class RunWriter:
         t : int
             The round (``completed_rounds`` becomes ``t + 1``).
         coef : numpy.ndarray, shape (m, c)
-        next_M : numpy.ndarray or None
+        next_metric : Metric or None
             ``M_{t+1}`` (None after the last round).
         best_iter : int
             Best round so far (``<= t``).
@@ -248,10 +250,8 @@ class RunWriter:
                     dtype=np.float64,
                 )
             coefs[t] = coef
-            if next_M is not None:
-                history_M = self.group["history/M"]
-                history_M.resize((t + 2, *history_M.shape[1:]))
-                history_M[t + 1] = np.asarray(next_M, dtype=np.float64)
+            if next_metric is not None:
+                write_round_metric(self.group, t + 1, next_metric)
             _write_residuals(self.group, history[t], residuals_path(t))
             write_attributes(
                 self.group,
@@ -289,9 +289,8 @@ class RunWriter:
         with self._writing("mark the store complete"):
             attrs = self.group.attrs
             rounds, best = int(attrs["completed_rounds"]), int(attrs["best_iter"])
-            history_M = self.group["history/M"]
-            history_M.resize((rounds, *history_M.shape[1:]))
-            write_array(self.group, "M", history_M[best])
+            keep_rounds(self.group, rounds)
+            copy_round_metric(self.group, best, "M")
             write_array(self.group, "coef", self.group["checkpoint/coef"][best])
             write_attributes(self.group, {"status": "complete"})
             del self.group["checkpoint"]
@@ -330,7 +329,7 @@ class StoreWriteError(OSError):
 def save_model(
     location: StoreLocation,
     header: RunHeader,
-    M_history: np.ndarray,
+    metric_history: list[Metric],
     coef: np.ndarray,
     best_iter: int,
     history: list[dict[str, Any]],
@@ -342,7 +341,8 @@ def save_model(
     ----------
     location : StoreLocation
     header : RunHeader
-    M_history : numpy.ndarray, shape (R, d, d) or (R, d)
+    metric_history : list of Metric
+        ``M_t`` of the ``R`` rounds.
     coef : numpy.ndarray, shape (m, c)
         The best round's.
     best_iter : int
@@ -351,15 +351,15 @@ def save_model(
     refit : dict, optional
         The record of a refit on all rows (the model written is then that refit).
     """
-    writer = RunWriter.create(location, header, M_history[0])
+    writer = RunWriter.create(location, header, metric_history[0])
     group = writer.group
-    group["history/M"].resize(M_history.shape)
-    group["history/M"][...] = np.asarray(M_history, dtype=np.float64)
+    for t, metric in enumerate(metric_history[1:], start=1):
+        write_round_metric(group, t, metric)
     for t, record in enumerate(history):
         _write_residuals(group, record, residuals_path(t))
     if refit is not None:
         _write_residuals(group, refit, REFIT_RESIDUALS)
-    write_array(group, "M", M_history[best_iter])
+    write_metric(group, "M", metric_history[best_iter])
     write_array(group, "coef", np.asarray(coef, dtype=np.float64))
     write_attributes(
         group,
