@@ -269,8 +269,9 @@ class Metric:
         gram = total / points
         if next_form == "dense":
             return Metric.from_array(gram if S is None else S @ gram @ S.T)
-        # A factor from the Gram matrix's eigendecomposition, its zero (clipped) directions dropped.
+        # A factor from the Gram matrix's eigendecomposition, without the directions whose
+        # eigenvalues are within the Gram matrix's float64 rounding (k eps of the largest): zero.
         evals, evecs = np.linalg.eigh((gram + gram.T) / 2)
-        keep = evals > 0
+        keep = evals > max(evals[-1], 0.0) * gram.shape[0] * np.finfo(np.float64).eps
         factor = np.sqrt(evals[keep])[:, None] * evecs[:, keep].T
         return Metric.from_factor(factor if S is None else factor @ S.T)

@@ -152,9 +152,17 @@ class KernelMachine:
     dtype: np.dtype
     target_scaling: Standardizer = Standardizer()
 
-    def prepared(self, like: Any = None) -> PreparedKernel:
-        """The kernel with centers transformed, in the namespace of ``like`` (NumPy by default)."""
+    def prepared(self, like: Any = None, reuse: PreparedKernel | None = None) -> PreparedKernel:
+        """The kernel with centers transformed, in the namespace of ``like`` (NumPy by default):
+        ``reuse`` (this machine's kernel, prepared already: the round's own) when it is in that
+        namespace and dtype, else prepared here (``m x d x r`` multiply-adds for the centers)."""
         xp = np if like is None or is_dask_array(like) else get_namespace(like)
+        if (
+            reuse is not None
+            and get_namespace(reuse.centers) is xp
+            and reuse.dtype == np.dtype(self.dtype)
+        ):
+            return reuse
         centers = xp.asarray(self.centers, dtype=self.dtype)
         return prepare_kernel(centers, self.metric, kernel=self.kernel, bandwidth=self.bandwidth)
 
@@ -164,13 +172,15 @@ class KernelMachine:
         from a factor: :meth:`rfmdist.metric.Metric.dense`)."""
         return self.metric.dense()
 
-    def decision(self, X: Any) -> Any:
+    def decision(self, X: Any, reuse: PreparedKernel | None = None) -> Any:
         """Outputs ``f(X)`` in target units, shape (n, c): NumPy/CuPy in memory, lazy Dask for Dask.
 
         Parameters
         ----------
         X : array or dask.array.Array, shape (n, d)
             Raw (not yet preprocessed) features.
+        reuse : PreparedKernel, optional
+            This machine's kernel, prepared already (:meth:`prepared`).
         """
         Xp = self.preprocessing.transform(X, self.dtype)
         if is_dask_array(X):
@@ -180,9 +190,10 @@ class KernelMachine:
                 if hasattr(meta_like, "shape")
                 else self.coef
             )
-            prepared = self.prepared(None if isinstance(meta_like, np.ndarray) else meta_like)
+            like = None if isinstance(meta_like, np.ndarray) else meta_like
+            prepared = self.prepared(like, reuse)
         else:
             coef = get_namespace(X).asarray(self.coef)
-            prepared = self.prepared(Xp)
+            prepared = self.prepared(Xp, reuse)
         raw = kernel_operator(Xp, prepared).lazy_predict(coef)
         return self.target_scaling.inverse(raw)

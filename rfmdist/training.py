@@ -527,7 +527,7 @@ def iterate_rounds(
         )
         if validation is not None:
             X_val, val_score = validation
-            pred = machine.decision(X_val)
+            pred = machine.decision(X_val, reuse=op.prepared)
             pred = compute_dask(pred) if is_dask_array(pred) else pred
             record["val_score"] = float(val_score(to_numpy(pred)))
         next_metric = None

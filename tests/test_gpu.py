@@ -229,6 +229,21 @@ def test_gpu_fit_equals_cpu_fit(dtype, reg, params, scale):
     assert_close(gpu.predict(X), cpu.predict(X), dtype, rtol=rtol)
 
 
+def test_factored_gpu_fit_equals_cpu_fit(cp):
+    """Wide data (d = 400 > 120 rows): M kept as a factor on the GPU as on the CPU, and the two
+    fits agree to the float32 AGOP's resolution, from CuPy input too."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 400))
+    y = X[:, 0] + 0.5 * X[:, 1] ** 2
+    common = {"iters": 2, "dtype": "float64", "random_state": 0, "agop_samples": None}
+    cpu = RFMRegressor(device="cpu", **common).fit(X, y)
+    gpu = RFMRegressor(device="gpu", **common).fit(cp.asarray(X), cp.asarray(y))
+    assert [h["metric"]["form"] for h in gpu.history_] == ["identity", "factor", "factor"]
+    assert isinstance(gpu.metric_.values, np.ndarray)
+    assert_close(gpu.M_, cpu.M_, np.float64, rtol=AGOP_RTOL)
+    assert_close(gpu.predict(X), cpu.predict(X), np.float64, rtol=AGOP_RTOL)
+
+
 def test_predict_returns_the_input_array_type(cp):
     X, y = product_task(400, 4, seed=0)
     model = RFMRegressor(iters=1, device="gpu", random_state=0).fit(X, y)

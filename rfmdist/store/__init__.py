@@ -8,7 +8,7 @@ attributes.
 Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds``)::
 
     <store>/
-      attrs                 format = "rfmdist-model", format_version = 2, status = "running" | "complete",
+      attrs                 format = "rfmdist-model", format_version = 3, status = "running" | "complete",
                             versions {rfmdist, numpy, zarr, dask}, estimator (class name),
                             params (get_params(); an array value is {"array": "<path>"}; a numpy random
                             generator is {"random_generator": "<type>"}), seed (the int seed used),
@@ -20,8 +20,10 @@ Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds
                             refit (its record, when there is one)
       centers               (m, d)      kernel dtype, in the preprocessed feature space
       coef                  (m, c)      float64, the best round's coefficients   [complete stores]
-      M                     (d, d)|(d,) float64, the best round's feature matrix [complete stores]
-      history/M             (R, d, d)|(R, d) float64, M_t of every round, one chunk per round
+      M                     float64, the best round's feature matrix, as history/M/<t> [complete]
+      history/M/<t>         float64, M_t of round t in the form the fit held it (attribute "form",
+                            rfmdist.store.metrics): identity (d,) ones | diagonal (d,) | dense (d, d)
+                            | factor (r, d), M = A^T A (wide data: rank r below d)
       preprocessing/mean    (d,)        float64   [when standardize=True]
       preprocessing/scale   (d,)        float64   [when standardize=True]
       target_scaling/mean   (c,)        float64   [regressors with standardize=True]
@@ -47,11 +49,13 @@ rows; that model is ``refit/centers`` and ``refit/coef`` (attribute ``refit``: i
 committed after the last round, and is the store's model once committed (``centers`` and ``coef`` then
 keep the rounds' own). A model written by ``save`` keeps its (refitted) model in ``centers`` and
 ``coef`` and only the record. Format version 2 added the refit, the per-column fingerprint and the
-residual arrays; version 1 stores still load (and resume, fingerprinted by their first and last rows
-as before).
+residual arrays; version 3 one array per round's ``M`` in its own form (a factored ``M`` of wide data
+as its factor; versions 1 and 2 held every ``M`` dense in one ``(R, d, d)`` array ``history/M``).
+Stores of versions 1 and 2 still load, and resume in their own layout (version 1 fingerprinted by
+their first and last rows as before).
 
 Commit protocol of a run (``fit(..., store=path)``): after round ``t`` the run writes
-``checkpoint/coef[t]`` and ``history/M[t + 1]`` (= ``M_{t+1}``, what round ``t + 1`` needs), then
+``checkpoint/coef[t]`` and ``history/M/<t + 1>`` (= ``M_{t+1}``, what round ``t + 1`` needs), then
 rewrites the attributes with ``completed_rounds = t + 1`` and the new history. The attribute write is the
 commit (the local store writes ``zarr.json`` to a temporary file and renames it): rows at or beyond an
 uncommitted round are ignored and overwritten on resume, and committed chunks are never rewritten. When
