@@ -12,7 +12,7 @@ that runs the passes (:func:`fit_capacity`), counted in the reference machine's 
   a round costs about the seconds it costs on the reference machine, on any device (an H200 at
   ~50 TFLOP/s counts as ~1,100 cores). The exact system
   (all rows as centers) is used while it fits that budget (``n^3 / 3 <= W``) and its two ``n x n``
-  arrays fit the client's memory; beyond, a Nyström round's passes cost ``n m (m + d)``
+  arrays (and its centers' ``m x d`` ones, :data:`CENTER_COPIES`) fit the client's memory; beyond, a Nyström round's passes cost ``n m (m + d)``
   multiply-adds (the ``m x m`` Gram matrix ``K_nm^T K_nm`` and the kernel itself), and ``m`` is the
   most centers within ``W``. The budget keeps the round time of 20,000 rows on this project's
   2-core reference machine (about a minute) as rows grow, so that centers shrink as ``1 / sqrt(n)``.
@@ -21,8 +21,9 @@ that runs the passes (:func:`fit_capacity`), counted in the reference machine's 
   Falkon's advice). Past the crossing of the two (1.6 million rows on 2 cores) the rounds grow as
   ``n^2`` rather than lose accuracy.
 - *memory*: the client's ``m x m`` work (the centers' kernel, the Gram matrix, the system and its
-  factor, the preconditioner, a partial sum per thread: :data:`CLIENT_SQUARES` float64 squares)
-  within its memory budget, and on a cluster the ``m x m`` partial sums a worker holds in a Gram
+  factor, the preconditioner, a partial sum per thread: :data:`CLIENT_SQUARES` float64 squares) and
+  its centers (:data:`CENTER_COPIES` ``m x d`` arrays: the bound for wide data) within its memory
+  budget, and on a cluster the ``m x m`` partial sums a worker holds in a Gram
   pass (bounded as for a tree reduction of fan-in ``split_every``: that many and
   :data:`WORKER_EXTRA_SQUARES` more; Gram passes add theirs in pairs, so this is conservative)
   within :func:`rfmdist.memory.worker_bytes`.
@@ -53,6 +54,10 @@ REFERENCE_GEMM_FLOPS = 9e10
 #: float64 ``m x m`` (``n x n`` for the exact system: 2) arrays the client holds in a round.
 CLIENT_SQUARES = 8
 EXACT_SQUARES = 2
+#: float64 ``m x d`` arrays the client holds for the centers (the centers, their transform and its
+#: augmented GEMM side, :class:`rfmdist.kernels.PreparedKernel`): negligible beside the squares for
+#: tabular data, the bound for wide data (20,000 centers of 27,648 features: 13 GB).
+CENTER_COPIES = 3
 #: ``m x m`` partials of a Gram pass a worker may hold beyond ``split_every`` (its own chunk's, the
 #: reduction's output, copies in transfer).
 WORKER_EXTRA_SQUARES = 4
@@ -215,12 +220,12 @@ def auto_centers(
     capacity = cores if isinstance(cores, Capacity) else cpu_capacity(cores)
     budget = work_budget(capacity.cores)
     client_bytes = max(0, int(client_bytes))
-    exact_by_memory = math.isqrt(client_bytes // (EXACT_SQUARES * 8))
+    d = n_features
+    exact_by_memory = most_rows_within(client_bytes, EXACT_SQUARES, CENTER_COPIES * d)
     if n_rows**3 / 3.0 <= budget and n_rows <= exact_by_memory:
         return CentersChoice(None, "exact", capacity)
-    d = n_features
     by_work = int((-d + math.sqrt(d * d + 4.0 * budget / n_rows)) / 2)
-    by_memory = math.isqrt(client_bytes // (CLIENT_SQUARES * 8))
+    by_memory = most_rows_within(client_bytes, CLIENT_SQUARES, CENTER_COPIES * d)
     if worker_bytes is not None:
         squares = split_every + WORKER_EXTRA_SQUARES
         by_memory = min(by_memory, math.isqrt(max(0, int(worker_bytes)) // (squares * 8)))
@@ -230,3 +235,22 @@ def auto_centers(
         m, bound = by_memory, "memory"
     m = min(_two_digits(max(1, m)), n_rows)
     return CentersChoice(m, bound, capacity)
+
+
+def most_rows_within(budget_bytes: int, squares: int, per_row: int) -> int:
+    """The largest ``m`` with ``squares`` float64 ``m x m`` arrays and ``m x per_row`` float64
+    entries within ``budget_bytes``: ``8 (squares m^2 + per_row m) <= budget_bytes``.
+
+    Examples
+    --------
+    >>> most_rows_within(8 * 100, 1, 0), most_rows_within(8 * 200, 1, 100)
+    (10, 1)
+    """
+    entries = max(0, budget_bytes) // 8
+    root = math.sqrt(per_row * per_row + 4.0 * squares * entries)
+    m = int((-per_row + root) / (2 * squares))
+    while squares * (m + 1) ** 2 + per_row * (m + 1) <= entries:
+        m += 1
+    while m > 0 and squares * m * m + per_row * m > entries:
+        m -= 1
+    return m
