@@ -122,6 +122,10 @@ class Metric:
             raise ValueError(f"Expected a factor of shape (r, d), found shape {A.shape}.")
         return cls("factor", A.shape[1], A)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its cached :attr:`root` (computed again where it is needed)."""
+        return {key: value for key, value in self.__dict__.items() if key != "root"}
+
     @property
     def diag(self) -> bool:
         """True for a diagonal ``M``."""
