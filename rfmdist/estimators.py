@@ -64,6 +64,7 @@ from rfmdist.pipeline import (
     internal_split,
     mean_squared_error,
 )
+from rfmdist.plan import FitPlan, held_out_rows, plan_fit
 from rfmdist.precision import choose_dtype
 from rfmdist.store import StoredRun, read_store, save_location, store_location
 from rfmdist.training import SOLVERS, RoundConfig, RoundOutcome
@@ -376,46 +377,46 @@ class _RFMBase(BaseEstimator):
         array or dask.array.Array, shape (n, d)
             The raw (not preprocessed) features: NumPy or CuPy, or a row-chunked Dask array.
         """
-        return self._check_features(X, reset=False)
-
-    def _check_features(self, X: Any, *, reset: bool) -> Any:
-        """Validate features; return NumPy/CuPy or a Dask array (raw, not preprocessed)."""
+        self._check_fitted()
         if is_store_path(X):
             X, _ = open_zarr_xy(X)
+        return self._check_features(X, reset=False)
+
+    def _check_features(self, X: Any, *, reset: bool, name: str = "X") -> Any:
+        """Validate raw features (NumPy, pandas, CuPy or Dask; a store path is opened by the
+        caller): with ``reset`` (fit) record their count and names, else check them against the
+        fitted ones (prediction, and the validation rows, ``name='X_val'``, during a fit).
+
+        Returns
+        -------
+        array or dask.array.Array, shape (n, d)
+            NumPy or CuPy, or a row-chunked Dask array.
+        """
+        expected = None if reset else self.n_features_in_
         if is_dask_array(X):
-            if not reset:
-                self._check_fitted()
-            X = check_dask_features(X, n_features=None if reset else self.n_features_in_)
-            if reset:
-                self.n_features_in_ = int(X.shape[1])
-            return X
-        check_one_dimensional(X)
-        if is_cupy_array(X):
-            if X.ndim != 2:
-                raise ValueError(f"Expected a 2-D CuPy array X, found shape {X.shape}.")
-            if not reset:
-                self._check_fitted()
-                self._check_n_features(X.shape[1])
-            else:
-                self.n_features_in_ = int(X.shape[1])
-            check_finite(X)
-            return X
-        if is_dataframe(X):
-            check_numeric_columns(X.dtypes)
-        if not reset:
-            self._check_fitted()
+            X = check_dask_features(X, n_features=expected, name=name)
+        else:
+            check_one_dimensional(X, name=name)
             shape = getattr(X, "shape", None)
-            if shape is not None and len(shape) == 2:
+            if expected is not None and shape is not None and len(shape) == 2:
                 self._check_n_features(shape[1])
-        X = validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype=[np.float64, np.float32],
-            ensure_all_finite=False,
-            ensure_min_samples=1,
-        )
-        check_finite(X)
+            if is_cupy_array(X):
+                if X.ndim != 2:
+                    raise ValueError(f"Expected a 2-D CuPy array {name}, found shape {X.shape}.")
+            else:
+                if is_dataframe(X):
+                    check_numeric_columns(X.dtypes)
+                X = validate_data(
+                    self,
+                    X,
+                    reset=reset,
+                    dtype=[np.float64, np.float32],
+                    ensure_all_finite=False,
+                    ensure_min_samples=1,
+                )
+            check_finite(X, name=name)
+        if reset:
+            self.n_features_in_ = int(X.shape[1])
         return X
 
     def _check_n_features(self, found: int) -> None:
@@ -536,27 +537,61 @@ class _RFMBase(BaseEstimator):
         )
         result = pipeline.run(X, targets, validation)
         if result.stored is not None:
-            self._restore(result.stored)
+            self._restore(result)
         else:
             self._set_result(result)
         return self
 
+    def plan(
+        self,
+        X_shape: tuple[int, int],
+        client: Any = None,
+        *,
+        has_validation: bool = False,
+        chunk_rows: int | None = None,
+        resume_from: StoredRun | None = None,
+    ) -> FitPlan:
+        """The plan a fit of data of shape ``X_shape`` with these parameters carries out
+        (:mod:`rfmdist.plan`): what the command line chunks its data by before it fits.
+
+        Parameters
+        ----------
+        X_shape : (n, d)
+        client : distributed.Client, optional
+            The cluster the fit will run on.
+        has_validation : bool
+            An ``eval_set`` will be given (no rows held out).
+        chunk_rows : int, optional
+            Row chunks asked for; by default the plan's (on a cluster).
+        resume_from : StoredRun, optional
+            The run the fit will resume: its stored plan.
+
+        Returns
+        -------
+        FitPlan
+        """
+        validate_params(type(self).__name__, self.get_params(deep=False), PARAMETERS)
+        return plan_fit(
+            self.fit_settings(),
+            int(X_shape[0]),
+            int(X_shape[1]),
+            has_validation=has_validation,
+            client=client,
+            chunk_rows=chunk_rows,
+            previous=resume_from,
+        )
+
     def _internal_split(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The rows a fit without ``eval_set`` holds out (:func:`rfmdist.pipeline.internal_split`)."""
-        return internal_split(
-            n,
-            seed,
-            self.validation_fraction,
-            self.n_iter_no_change,
-            getattr(self, "_split_labels", None),
-        )
+        n_val = held_out_rows(n, self.validation_fraction, self.n_iter_no_change)
+        return internal_split(n, seed, n_val, getattr(self, "_split_labels", None))
 
     def _validation(self, eval_set: tuple[Any, Any] | None) -> Validation | None:
         """Checked validation data and the truth its predictions are scored against."""
         if eval_set is None:
             return None
         X_val, y_val = eval_set
-        X_val = self._check_features_like_fit(X_val)
+        X_val = self._check_features(X_val, reset=False, name="X_val")
         return Validation(X_val, self._validation_truth(y_val, int(X_val.shape[0])))
 
     def _set_result(self, result: FitResult) -> None:
@@ -575,6 +610,7 @@ class _RFMBase(BaseEstimator):
         self.coef_ = self.model_.coef
         self.centers_ = self.model_.centers
         self.refit_: dict[str, Any] | None = result.refit
+        self.plan_: FitPlan | None = result.plan
 
     @property
     def M_(self) -> np.ndarray:
@@ -617,6 +653,7 @@ class _RFMBase(BaseEstimator):
             model.centers,
             model.preprocessing,
             model.target_scaling,
+            getattr(self, "plan_", None),
         )
         plan.save_model(
             header,
@@ -650,22 +687,23 @@ class _RFMBase(BaseEstimator):
         if stored.best_iter is None:
             raise StoreError(
                 f"Expected at least one committed round in the store at {str(path)!r}, found none "
-                f"(status {stored.attrs['status']!r}); wait for round 0 to finish, or resume the "
+                f"(status {stored.status!r}); wait for round 0 to finish, or resume the "
                 "fit."
             )
-        if stored.attrs["estimator"] != cls.__name__:
+        if stored.estimator != cls.__name__:
             raise StoreError(
                 f"Expected a {cls.__name__} model at {str(path)!r}, found a "
-                f"{stored.attrs['estimator']}; load it with rfmdist.load(path) or "
-                f"{stored.attrs['estimator']}.load(path)."
+                f"{stored.estimator}; load it with rfmdist.load(path) or "
+                f"{stored.estimator}.load(path)."
             )
         estimator = cls(**stored.params)
-        estimator._restore(stored)
+        estimator._restore(FitResult.from_stored(stored))
         return estimator
 
-    def _restore(self, stored: StoredRun) -> None:
-        """Set the fitted attributes from a stored run."""
-        state = stored.attrs["estimator_state"]
+    def _restore(self, result: FitResult) -> None:
+        """Set the fitted attributes from a stored run's result."""
+        stored = result.stored
+        state = stored.estimator_state
         self.n_features_in_ = int(state["n_features_in"])
         if state["feature_names_in"] is not None:
             self.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
@@ -673,28 +711,7 @@ class _RFMBase(BaseEstimator):
             self._y_1d = bool(state["y_1d"])
         if stored.classes is not None:
             self.classes_ = stored.classes
-        self._set_result(FitResult.from_stored(stored))
-
-    def _check_features_like_fit(self, X: Any) -> Any:
-        """Validate features against the fitted feature count (also during fit)."""
-        if is_dask_array(X):
-            return check_dask_features(X, n_features=self.n_features_in_, name="X_val")
-        check_one_dimensional(X, name="X_val")
-        if is_cupy_array(X):
-            check_finite(X, name="X_val")
-            return X
-        if is_dataframe(X):
-            check_numeric_columns(X.dtypes)
-        arr = (
-            np.asarray(X, dtype=np.float64)
-            if not hasattr(X, "dtype") or X.dtype.kind != "f"
-            else np.asarray(X)
-        )
-        if arr.ndim != 2:
-            raise ValueError(f"Expected a 2-D X_val, found shape {arr.shape}.")
-        self._check_n_features(arr.shape[1])
-        check_finite(arr, name="X_val")
-        return arr
+        self._set_result(result)
 
     # --- prediction --------------------------------------------------------------------------------
 
@@ -747,7 +764,7 @@ def load(path: str | os.PathLike[str], *, incomplete: bool = False) -> _RFMBase:
     True
     """
     stored = read_store(path, require_complete=not incomplete)
-    name = stored.attrs["estimator"]
+    name = stored.estimator
     classes = {cls.__name__: cls for cls in (RFMRegressor, RFMClassifier)}
     if name not in classes:
         raise StoreError(

@@ -41,7 +41,7 @@ def _run_summary(obj: Any) -> dict[str, Any]:
                 f"Expected at least one committed round in the store at {os.fspath(obj)!r}, found "
                 "none; interpret it once a round has finished."
             )
-        names = stored.attrs["estimator_state"].get("feature_names_in")
+        names = stored.estimator_state.get("feature_names_in")
         return {
             "metric_history": stored.metric_history,
             "best_iter": stored.best_iter,

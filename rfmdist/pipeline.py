@@ -43,8 +43,8 @@ from rfmdist.data import is_dask_array, on_device, take_rows
 from rfmdist.fingerprint import column_statistics
 from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import active_client, chunk_rows_for
-from rfmdist.sizing import CentersChoice, auto_centers, fit_capacity
+from rfmdist.operators import active_client
+from rfmdist.plan import FitPlan, plan_fit
 from rfmdist.solvers import costs
 from rfmdist.store import (
     RunHeader,
@@ -181,6 +181,7 @@ class RunIdentity:
         centers: Any,
         preprocessing: Standardizer,
         target_scaling: Standardizer,
+        plan: FitPlan | None,
     ) -> RunHeader:
         """The store header of a run (or a saved model) of this estimator."""
         return RunHeader(
@@ -194,6 +195,7 @@ class RunIdentity:
             target_scaling=target_scaling,
             classes=self.classes,
             data_vectors=vectors,
+            plan=None if plan is None else plan.record(),
         )
 
 
@@ -215,6 +217,8 @@ class FitResult:
     fingerprint : dict
         The data's (and the validation data's) fingerprint, as stored.
     fingerprint_vectors : dict of str to numpy.ndarray
+    plan : FitPlan or None
+        The plan the fit carried out (None: a stored run written before plans were stored).
     stored : StoredRun or None
         The finished run loaded from the store instead of fitting (``resume`` of a complete run).
     """
@@ -227,6 +231,7 @@ class FitResult:
     seed: int
     fingerprint: dict[str, Any]
     fingerprint_vectors: dict[str, np.ndarray]
+    plan: FitPlan | None = None
     stored: StoredRun | None = None
 
     @classmethod
@@ -239,9 +244,10 @@ class FitResult:
             history=stored.history,
             metric_history=list(stored.metric_history),
             refit=stored.refit,
-            seed=int(stored.attrs["seed"]),
-            fingerprint=stored.attrs["data"],
+            seed=stored.seed,
+            fingerprint=stored.fingerprint,
             fingerprint_vectors=stored.data_vectors,
+            plan=None if stored.plan is None else FitPlan.from_record(stored.plan),
             stored=stored,
         )
 
@@ -288,41 +294,21 @@ def compute_context(device: str, tf32: bool) -> Iterator[None]:
                 client.run(set_tf32, value, workers=[address])
 
 
-def held_out_rows(n: int, fraction: float | None, n_iter_no_change: int | None) -> int:
-    """How many of ``n`` rows a fit without validation data holds out to choose the round: 0 when
-    early stopping is off, ``fraction`` is None or too few rows would be left, else
-    ``max(1, round(fraction * n))``.
-
-    Examples
-    --------
-    >>> held_out_rows(1000, 0.1, 2), held_out_rows(1000, 0.1, None), held_out_rows(2, 0.1, 2)
-    (100, 0, 0)
-    """
-    if n_iter_no_change is None or fraction is None:
-        return 0
-    n_val = max(1, round(fraction * n))
-    return 0 if n - n_val < 2 else n_val
-
-
 def internal_split(
-    n: int,
-    seed: int,
-    fraction: float | None,
-    n_iter_no_change: int | None,
-    labels: np.ndarray | None = None,
+    n: int, seed: int, n_val: int, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Sorted (train, validation) row indices for early stopping without validation data, or None.
 
-    The split holds out :func:`held_out_rows` rows (and at least one per class when ``labels`` are
-    given and every class has two rows), seeded by the fit's seed; None when it holds out none.
+    The split holds out ``n_val`` rows (the plan's, :func:`rfmdist.plan.held_out_rows`; at least
+    one per class when ``labels`` are given and every class has two rows), seeded by the fit's
+    seed; None when it holds out none.
 
     Examples
     --------
-    >>> train, val = internal_split(10, 0, 0.2, 2)
+    >>> train, val = internal_split(10, 0, 2)
     >>> len(train), len(val), sorted(set(train) | set(val)) == list(range(10))
     (8, 2, True)
     """
-    n_val = held_out_rows(n, fraction, n_iter_no_change)
     if n_val == 0:
         return None
     stratify = None
@@ -336,28 +322,57 @@ def internal_split(
     return np.sort(train), np.sort(val)
 
 
-def centers_choice(settings: FitSettings, n_rows: int, n_features: int) -> CentersChoice:
-    """What ``centers='auto'`` means for a new fit of ``n_rows`` rows on this machine or the active
-    cluster (:func:`rfmdist.sizing.auto_centers`)."""
-    client = active_client()
-    return auto_centers(
-        n_rows,
-        n_features,
-        fit_capacity(settings.rounds.device, settings.rounds.dtype, client),
-        memory.available_bytes(settings.rounds.device),
-        worker_bytes=None if client is None else memory.worker_bytes(client),
-        split_every=settings.rounds.split_every,
-    )
+@dataclass(frozen=True)
+class RefitInputs:
+    """What the refit on all rows keeps of the rounds' :class:`TrainingData` (not its rows).
 
+    Attributes
+    ----------
+    centers : array, shape (m, d)
+        The rounds' centers (preprocessed).
+    center_rows : numpy.ndarray of int or None
+        Their rows among the rounds' rows (None: the exact system).
+    exact : bool
+    train_rows : numpy.ndarray of int
+        The rounds' rows among all rows.
+    target_scaling : Standardizer
+    rates : Rates or None
+    workspace : Workspace
+        The rounds' large arrays, for the refit to reuse.
+    """
 
-def planned_centers(settings: FitSettings, n_rows: int, n_features: int) -> int:
-    """How many centers a new fit's rounds on ``n_rows`` rows will use (``n_rows``: exact)."""
-    auto = (
-        centers_choice(settings, n_rows, n_features).n_centers
-        if isinstance(settings.centers, str)
-        else None
-    )
-    return selector_for(settings.centers, n_rows, auto).count(n_rows)
+    centers: Any
+    center_rows: np.ndarray | None
+    exact: bool
+    train_rows: np.ndarray
+    target_scaling: Standardizer
+    rates: costs.Rates | None
+    workspace: memory.Workspace
+
+    @classmethod
+    def of(cls, data: TrainingData, train_rows: np.ndarray) -> RefitInputs:
+        """From the rounds' data and their rows among all rows."""
+        return cls(
+            centers=data.centers,
+            center_rows=data.center_rows,
+            exact=data.exact,
+            train_rows=train_rows,
+            target_scaling=data.target_scaling,
+            rates=data.rates,
+            workspace=data.workspace,
+        )
+
+    def selector(self, spec: Any, n_rows: int) -> CenterSelector:
+        """The refit's centers: the rounds' Nyström centers (at their rows among all rows), or
+        the selector of the ``centers`` parameter for all ``n_rows`` rows (the exact system)."""
+        if self.exact or self.center_rows is None:
+            return selector_for(spec, n_rows, None)
+        rows = self.center_rows
+        return FixedSelector(
+            self.centers,
+            rows=self.train_rows[rows] if np.all(rows != NOT_A_ROW) else rows,
+            preprocessed=True,
+        )
 
 
 class Checkpoint:
@@ -504,48 +519,59 @@ class FitPipeline:
         )
         if self.checkpoint is not None and self.checkpoint.finished:
             return FitResult.from_stored(previous)
+        plan = self.plan(X, has_validation=validation is not None, previous=previous)
         target_scaling = Standardizer.fit(targets.Y) if targets.scale else Standardizer()
         Y = target_scaling.transform(targets.Y, np.float64)
         seed = self._seed(previous)
-        config = self._config(seed, previous)
-        n = int(X.shape[0])
+        config = dataclasses.replace(
+            self.settings.rounds,
+            seed=seed,
+            dtype=np.dtype(plan.dtype),
+            dtype_reason=plan.dtype_reason
+            + ("" if previous is None else " (the run being resumed)"),
+        )
         split = (
-            internal_split(
-                n,
-                seed,
-                self.settings.validation_fraction,
-                config.n_iter_no_change,
-                targets.split_labels,
-            )
+            internal_split(plan.n_rows, seed, plan.held_out_rows, targets.split_labels)
             if validation is None
             else None
         )
-        n_train = n if split is None else len(split[0])
-        auto = self._auto_centers(n_train, int(X.shape[1]), previous)
-        X, Y = self._device_rows(X, Y, config, selector_for(self.settings.centers, n, auto))
+        X, Y = self._device_rows(X, Y, config, plan)
         preprocessing = (
             Standardizer.from_statistics(statistics)
             if self.settings.standardize
             else Standardizer()
         )
-        selector = selector_for(self.settings.centers, n_train, auto)
         rows = slice(None) if split is None else split[0]
-        data = self._training_data(X, Y, rows, targets, preprocessing, selector, config)
-        data.target_scaling = target_scaling
+        selector = selector_for(self.settings.centers, plan.rounds_rows, plan.selector_count())
+        data = self._training_data(
+            X,
+            Y,
+            rows,
+            targets,
+            preprocessing,
+            selector,
+            config,
+            target_scaling=target_scaling,
+            known_rates=None
+            if previous is None or previous.rates is None
+            else costs.Rates(**previous.rates),
+        )
         scored_validation = self._scored_validation(X, targets, validation, split, config)
         if self.checkpoint is not None:
             header = self.identity.header(
-                seed, fingerprint, vectors, data.centers, preprocessing, target_scaling
+                seed, fingerprint, vectors, data.centers, preprocessing, target_scaling, plan
             )
-            M0 = Metric.identity(int(X.shape[1]), config.diag)
+            M0 = Metric.identity(plan.n_features, config.diag)
             self.checkpoint.start(header, M0, resuming=previous is not None)
         with compute_context(config.device, config.tf32):
             rounds = self._rounds(data, config, targets, scored_validation, previous)
             stopped = rounds.stop_reason == STOP_CALLBACK
             model, refit = rounds.best.machine, None
             if split is not None and not stopped:
+                kept = RefitInputs.of(data, split[0])
+                del data  # the rounds' rows (on a cluster, their persisted chunks) go first
                 model, refit = self._refit(
-                    X, Y, targets, preprocessing, data, split[0], config, rounds, previous
+                    X, Y, targets, preprocessing, kept, config, rounds, previous
                 )
         if self.checkpoint is not None:
             self.checkpoint.finish(rounds, config.iters)
@@ -558,7 +584,24 @@ class FitPipeline:
             seed=seed,
             fingerprint=fingerprint,
             fingerprint_vectors=vectors,
+            plan=plan,
         )
+
+    def plan(self, X: Any, *, has_validation: bool, previous: StoredRun | None) -> FitPlan:
+        """The fit's plan (:func:`rfmdist.plan.plan_fit`) for the rows ``X`` (a Dask input's row
+        chunks are kept), logged."""
+        plan = plan_fit(
+            self.settings,
+            int(X.shape[0]),
+            int(X.shape[1]),
+            has_validation=has_validation,
+            client=active_client(),
+            chunk_rows=int(X.chunks[0][0]) if is_dask_array(X) else None,
+            previous=previous,
+        )
+        logger.info("kernel dtype %s: %s", plan.dtype, plan.dtype_reason)
+        logger.info("%s", plan.describe())
+        return plan
 
     # --- the steps ---------------------------------------------------------------------------------
 
@@ -584,52 +627,21 @@ class FitPipeline:
         vectors = vectors | {f"eval_{k}": v for k, v in eval_vectors.items()}
         return fingerprint | {"eval_set": summary}, vectors, statistics
 
-    def _config(self, seed: int, previous: StoredRun | None) -> RoundConfig:
-        """The rounds' settings with the fit's seed, and the kernel dtype of the run being resumed
-        (its records say which it was: another device may choose another); logged."""
-        config = dataclasses.replace(self.settings.rounds, seed=seed)
-        stored = previous.history[0].get("dtype_choice") if previous and previous.history else None
-        if stored is not None:
-            config = dataclasses.replace(
-                config,
-                dtype=np.dtype(stored["dtype"]),
-                dtype_reason=f"{stored['reason']} (the run being resumed)",
-            )
-        logger.info("kernel dtype %s: %s", config.dtype, config.dtype_reason)
-        return config
-
     def _seed(self, previous: StoredRun | None) -> int:
         """The fit's seed: the resumed run's, else one draw from ``random_state``."""
         if previous is not None:
-            return int(previous.attrs["seed"])
+            return previous.seed
         return int(check_random_state(self.settings.random_state).randint(np.iinfo(np.int32).max))
 
-    def _auto_centers(self, n_rows: int, n_features: int, previous: StoredRun | None) -> int | None:
-        """What ``centers='auto'`` means for this fit (logged; only asked for 'auto'); a resumed fit
-        keeps its stored count."""
-        if not isinstance(self.settings.centers, str):
-            return None
-        if previous is not None:
-            # Stores of format 1 have no count; their 'auto' was min(n, 20,000).
-            m = int(previous.attrs.get("n_centers", min(n_rows, 20_000)))
-            return None if m >= n_rows else m
-        choice = centers_choice(self.settings, n_rows, n_features)
-        logger.info("centers='auto': %s", choice.describe(n_rows))
-        return choice.n_centers
-
     @staticmethod
-    def _device_rows(
-        X: Any, Y: Any, config: RoundConfig, selector: CenterSelector
-    ) -> tuple[Any, Any]:
-        """Rows and targets where the passes run: on the device, and as Dask arrays when a
-        distributed client is active (so that the workers run the passes)."""
+    def _device_rows(X: Any, Y: Any, config: RoundConfig, plan: FitPlan) -> tuple[Any, Any]:
+        """Rows and targets where the passes run: on the device, and as Dask arrays in the plan's
+        row chunks when a distributed client is active (so that the workers run the passes)."""
         import dask.array as da
 
-        if not is_dask_array(X) and active_client() is not None:
-            n = int(X.shape[0])
-            rows = chunk_rows_for(n, selector.count(n), X.shape[1], config.dtype.itemsize, 2)
-            X = da.from_array(to_numpy(X), chunks=(rows, X.shape[1]))
-            Y = da.from_array(to_numpy(Y), chunks=(rows, Y.shape[1]))
+        if not is_dask_array(X) and plan.chunk_rows is not None:
+            X = da.from_array(to_numpy(X), chunks=(plan.chunk_rows, X.shape[1]))
+            Y = da.from_array(to_numpy(Y), chunks=(plan.chunk_rows, Y.shape[1]))
         return on_device(X, config.device), Y
 
     @staticmethod
@@ -641,6 +653,7 @@ class FitPipeline:
         preprocessing: Standardizer,
         selector: CenterSelector,
         config: RoundConfig,
+        **carried: Any,
     ) -> TrainingData:
         """Preprocess the rows ``rows`` of ``X`` and ``Y``, choose their centers and wrap them for the
         round loop.
@@ -657,6 +670,8 @@ class FitPipeline:
         preprocessing : Standardizer
         selector : CenterSelector
         config : RoundConfig
+        **carried
+            ``target_scaling``, ``known_rates``, ``workspace`` (:class:`TrainingData`).
         """
         import dask.array as da
 
@@ -682,6 +697,7 @@ class FitPipeline:
             center_rows=center_rows,
             centers=centers,
             preprocessing=preprocessing,
+            **carried,
         )
 
     @staticmethod
@@ -720,8 +736,6 @@ class FitPipeline:
                 checkpoint.commit_round(outcome, best_round, history, data.rates)
             return callback is not None and bool(callback(outcome))
 
-        if previous is not None and previous.attrs.get("rates") is not None:
-            data.rates = costs.Rates(**previous.attrs["rates"])
         return run_rounds(
             data,
             config,
@@ -745,8 +759,7 @@ class FitPipeline:
         Y: Any,
         targets: Targets,
         preprocessing: Standardizer,
-        data: TrainingData,
-        train_rows: np.ndarray,
+        kept: RefitInputs,
         config: RoundConfig,
         rounds: RoundsResult,
         previous: StoredRun | None,
@@ -762,22 +775,18 @@ class FitPipeline:
         """
         if previous is not None and previous.refit is not None:
             return previous.machine, previous.refit
-        if not data.exact and data.center_rows is not None:
-            rows = data.center_rows
-            selector = FixedSelector(
-                data.centers,
-                rows=train_rows[rows] if np.all(rows != NOT_A_ROW) else rows,
-                preprocessed=True,
-            )
-        else:
-            selector = selector_for(self.settings.centers, int(X.shape[0]), None)
-        # The rounds' rows are not needed any more: let them go (on a cluster, their persisted
-        # chunks) before the refit's rows are prepared, and let the refit reuse the rounds' arrays.
-        data.X = data.Y = data.Y_client = None
-        full = self._training_data(X, Y, slice(None), targets, preprocessing, selector, config)
-        full.target_scaling = data.target_scaling
-        full.rates = data.rates
-        full.workspace = data.workspace
+        full = self._training_data(
+            X,
+            Y,
+            slice(None),
+            targets,
+            preprocessing,
+            kept.selector(self.settings.centers, int(X.shape[0])),
+            config,
+            target_scaling=kept.target_scaling,
+            known_rates=kept.rates,
+            workspace=kept.workspace,
+        )
         started = time.perf_counter()
         best = rounds.best
         outcome = refit_round(full, config, best.machine.metric, best.round, self.progress)

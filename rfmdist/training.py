@@ -130,9 +130,11 @@ class RoundConfig:
     metric_policy: str = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingData:
-    """Preprocessed training rows and targets for the round loop.
+    """Preprocessed training rows and targets for the round loop, built complete and not changed
+    (what the rounds learn as they go, the client's copy of the targets and the cost model's rates,
+    is kept by :meth:`targets_on_client` and :meth:`solver_rates` in their own memo).
 
     Attributes
     ----------
@@ -153,9 +155,10 @@ class TrainingData:
         Standardisation already applied to ``Y`` (identity for classification).
     workspace : Workspace
         The large arrays the rounds reuse (see :class:`rfmdist.memory.Workspace`).
-    rates : Rates or None
-        The device's rates for the cost model: measured at the first choice, or those of the run
-        being resumed (stored with it), so that a resumed run chooses as the uninterrupted one.
+    known_rates : Rates or None
+        The cost model's rates of the run being resumed (stored with it), so that a resumed run
+        chooses as the uninterrupted one; None: measured at the first choice
+        (:meth:`solver_rates`).
     """
 
     X: Any
@@ -165,9 +168,9 @@ class TrainingData:
     centers: Any
     preprocessing: Standardizer
     target_scaling: Standardizer = field(default_factory=Standardizer)
-    Y_client: Any = field(default=None)
     workspace: memory.Workspace = field(default_factory=memory.Workspace)
-    rates: costs.Rates | None = None
+    known_rates: costs.Rates | None = None
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -216,10 +219,23 @@ class TrainingData:
 
     def targets_on_client(self) -> Any:
         """``Y`` as a float64 in-memory array (computed once for Dask data)."""
-        if self.Y_client is None:
+        if "Y_client" not in self._memo:
             Y = self.Y.compute() if is_dask_array(self.Y) else self.Y
-            self.Y_client = get_namespace(Y).asarray(Y, dtype=np.float64)
-        return self.Y_client
+            self._memo["Y_client"] = get_namespace(Y).asarray(Y, dtype=np.float64)
+        return self._memo["Y_client"]
+
+    def solver_rates(self, config: RoundConfig) -> costs.Rates:
+        """The cost model's rates: the resumed run's, else measured once (at the first choice)."""
+        if "rates" not in self._memo:
+            self._memo["rates"] = self.known_rates or costs.measured_rates(
+                config.device, blas_threads(), np.dtype(config.dtype).name
+            )
+        return self._memo["rates"]
+
+    @property
+    def rates(self) -> costs.Rates | None:
+        """The rates the rounds have chosen solvers with (None: no choice asked for them yet)."""
+        return self._memo.get("rates", self.known_rates)
 
 
 @dataclass
@@ -312,11 +328,7 @@ def choose_solver(
         cache_bytes=cache_budget(config, on_workers=is_dask_array(data.X)),
         rank=config.preconditioner_rank,
     )
-    if data.rates is None:
-        data.rates = costs.measured_rates(
-            config.device, blas_threads(), np.dtype(config.dtype).name
-        )
-    rates = data.rates
+    rates = data.solver_rates(config)
     choice = costs.choose(
         problem,
         rates,

@@ -91,3 +91,14 @@ def test_fits_record_the_choice_and_follow_it(rng):
     asked = RFMRegressor(iters=0, solver="mixed", random_state=0).fit(X[:500], y[:500])
     assert asked.history_[0]["solver"] == "mixed"
     assert asked.history_[0]["solver_choice"] == {"chosen": "mixed", "reason": "as requested"}
+
+
+def test_a_float32_fits_float64_passes_are_priced_from_its_measured_entry_cost():
+    """A float32 fit measures float32 entries only; its float64 K_mm pass is priced at the float32
+    entry cost times the itemsize ratio (this raised KeyError for float32 Nyström fits)."""
+    rates = costs.Rates(
+        gemm=RATES.gemm, cholesky=RATES.cholesky, entry={"float32": 1e-9}, stream=RATES.stream
+    )
+    assert rates.entry_seconds("float64") == pytest.approx(2e-9)
+    one_pass = rates.pass_seconds(1e6, 4, 0, "float64", cached=False)
+    assert one_pass == pytest.approx(1e6 * 2e-9)

@@ -103,11 +103,12 @@ def _columns(path: str) -> list[str]:
 
 
 def chunked_for(estimator: Any, X: Any, workers: int = 1) -> Any:
-    """``X`` rechunked to about 100 ms of kernel work per chunk for this model."""
-    from rfmdist.operators import chunk_rows_for
+    """``X`` rechunked to about 100 ms of kernel work per chunk for this model (in its kernel
+    dtype), at least one chunk per worker (:func:`rfmdist.plan.row_chunks`)."""
+    from rfmdist.plan import row_chunks
 
     m = int(np.shape(estimator.centers_)[0])
-    rows = chunk_rows_for(int(X.shape[0]), m, int(X.shape[1]), 8, workers)
+    rows = row_chunks(int(X.shape[0]), m, int(X.shape[1]), estimator.model_.dtype, workers)
     return X.rechunk({0: rows, 1: -1})
 
 

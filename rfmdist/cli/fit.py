@@ -27,7 +27,6 @@ from rfmdist.cli.cluster import (
     check_cluster_arguments,
     cluster_client,
     has_bokeh,
-    n_workers,
 )
 from rfmdist.cli.errors import UsageError
 from rfmdist.cli.options import add_estimator_options, estimator_params
@@ -132,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if train.named:
         estimator.feature_names_in_ = np.asarray(train.feature_names, dtype=object)
     with cluster_client(args) as client:
-        X = _chunked(train.X, args.chunk_rows, estimator, client, has_validation=val is not None)
+        X = _chunked(train.X, estimator, client, args)
         X_val = None if val is None else val.X.rechunk({0: X.chunks[0][0]})
         progress = _progress(args.progress)
         try:
@@ -301,43 +300,43 @@ def _make_estimator(task: str, params: dict[str, Any]) -> Any:
     return cls(**params)
 
 
-def _chunked(
-    X: Any, chunk_rows: int | None, estimator: Any, client: Any, *, has_validation: bool
-) -> Any:
-    """``X`` in row chunks: ``--chunk-rows``, or about 0.1 s of kernel work each for the centers
-    the fit will use (:func:`rfmdist.pipeline.planned_centers`) and at least one per worker;
-    logged. Without validation data the rounds see the training part of an internal split."""
-    from rfmdist.operators import chunk_rows_for
-    from rfmdist.pipeline import held_out_rows, planned_centers
-    from rfmdist.sizing import fit_capacity
-
-    n, d = int(X.shape[0]), int(X.shape[1])
-    settings = estimator.fit_settings(device=estimator.device)
-    rounds = settings.rounds
-    held_out = (
-        0
-        if has_validation
-        else held_out_rows(n, settings.validation_fraction, rounds.n_iter_no_change)
+def _chunked(X: Any, estimator: Any, client: Any, args: argparse.Namespace) -> Any:
+    """``X`` in the row chunks of the fit's plan (``estimator.plan``: ``--chunk-rows``, or about
+    0.1 s of kernel work each for the centers the fit will use and at least one per worker; a
+    resumed run's stored plan), logged. Without validation data the rounds see the training part
+    of an internal split."""
+    plan = estimator.plan(
+        X.shape,
+        client,
+        has_validation=args.val is not None,
+        chunk_rows=args.chunk_rows,
+        resume_from=_run_to_resume(args),
     )
-    rounds_rows = n - held_out
-    m = planned_centers(settings, rounds_rows, d)  # the fit logs (and, resuming, keeps) its own
-    if chunk_rows is None:
-        chunk_rows = chunk_rows_for(n, m, d, rounds.dtype.itemsize, n_workers(client))
-    chunked = X.rechunk({0: int(chunk_rows), 1: -1})
-    agop_rows = (
-        rounds_rows if rounds.agop_samples is None else min(rounds_rows, rounds.agop_samples)
-    )
+    chunked = X.rechunk({0: int(plan.chunk_rows), 1: -1})
     logger.info(
         "%d row chunks of %d rows (for about %s centers) over %d workers (%s); AGOP on %s rows a "
         "round",
         chunked.numblocks[0],
         chunked.chunks[0][0],
-        f"{m:,}",
-        n_workers(client),
-        fit_capacity(rounds.device, rounds.dtype, client).what,
-        f"{agop_rows:,}",
+        f"{plan.centers:,}",
+        plan.workers,
+        plan.capacity,
+        f"{plan.agop_rows:,}",
     )
     return chunked
+
+
+def _run_to_resume(args: argparse.Namespace) -> Any:
+    """The run ``--resume`` continues (None: none there, or not resuming)."""
+    from rfmdist.exceptions import StoreError
+    from rfmdist.store import read_store
+
+    if not args.resume or args.out is None:
+        return None
+    try:
+        return read_store(args.out, require_complete=False)
+    except (StoreError, FileNotFoundError):
+        return None  # no run there yet (or one the fit will refuse, saying why)
 
 
 @contextlib.contextmanager

@@ -82,7 +82,16 @@ class Rates:
         if cached:
             return entries * np.dtype(dtype).itemsize / self.stream + product
         extra_d = 2.0 * entries * max(0, d - CALIBRATION_D) / self.gemm[dtype]
-        return entries * self.entry[dtype] + extra_d + product
+        return entries * self.entry_seconds(dtype) + extra_d + product
+
+    def entry_seconds(self, dtype: str) -> float:
+        """Seconds per kernel entry's elementwise work in ``dtype``: measured for the kernel's
+        dtype; another (the float64 ``K_mm`` of a float32 fit) from it, in proportion to the
+        itemsize (elementwise passes run as many bytes per second in either dtype)."""
+        if dtype in self.entry:
+            return self.entry[dtype]
+        measured, seconds = next(iter(self.entry.items()))
+        return seconds * np.dtype(dtype).itemsize / np.dtype(measured).itemsize
 
 
 @dataclass(frozen=True)

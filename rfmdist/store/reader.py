@@ -107,6 +107,53 @@ class StoredRun:
         """Per-round records (with their CG residuals read back)."""
         return list(self.attrs["history"])
 
+    @property
+    def estimator(self) -> str:
+        """The class name of the estimator that fitted it."""
+        return str(self.attrs["estimator"])
+
+    @property
+    def status(self) -> str:
+        """``'running'`` or ``'complete'``."""
+        return str(self.attrs["status"])
+
+    @property
+    def seed(self) -> int:
+        """The seed the fit drew (and a resumed fit keeps)."""
+        return int(self.attrs["seed"])
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The data's fingerprint (attribute ``data``: shape, hashes, the validation data's)."""
+        return self.attrs["data"]
+
+    @property
+    def estimator_state(self) -> dict[str, Any]:
+        """``{"y_1d", "n_features_in", "feature_names_in"}`` of the estimator."""
+        return self.attrs["estimator_state"]
+
+    @property
+    def n_centers(self) -> int | None:
+        """The rounds' count of centers (None: a format 1 store, which did not record it)."""
+        count = self.attrs.get("n_centers")
+        return None if count is None else int(count)
+
+    @property
+    def rates(self) -> dict[str, Any] | None:
+        """The cost model's measured rates the run chose its solvers with (None: none measured)."""
+        return self.attrs.get("rates")
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The run's plan (:class:`rfmdist.plan.FitPlan`'s record; None: stored before plans)."""
+        return self.attrs.get("plan")
+
+    @property
+    def dtype_choice(self) -> dict[str, Any] | None:
+        """The kernel dtype the run chose and why (round 0's record; None before it)."""
+        history = self.attrs["history"]
+        return history[0].get("dtype_choice") if history else None
+
 
 def _check_header(location: StoreLocation, attrs: dict[str, Any]) -> None:
     if attrs.get("format") != FORMAT_NAME:

@@ -67,6 +67,8 @@ class RunHeader:
     classes : numpy.ndarray or None
     data_vectors : dict of str to numpy.ndarray
         The fingerprint's per-column sums (``fingerprint/<name>``; ``eval_<name>`` for eval_set's).
+    plan : dict or None
+        The fit's plan (:meth:`rfmdist.plan.FitPlan.record`; attribute ``plan``).
     """
 
     estimator: str
@@ -79,6 +81,7 @@ class RunHeader:
     target_scaling: Standardizer
     classes: np.ndarray | None
     data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
 
 
 def _write_standardizer(group: Any, prefix: str, scaling: Standardizer) -> None:
@@ -189,7 +192,8 @@ class RunWriter:
                 "best_iter": None,
                 "history": [],
                 "n_centers": int(np.shape(header.centers)[0]),
-            },
+            }
+            | ({} if header.plan is None else {"plan": json_safe(header.plan)}),
         )
         return cls(group, location, on_commit)
 
