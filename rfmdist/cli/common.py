@@ -104,7 +104,7 @@ def _columns(path: str) -> list[str]:
 
 def chunked_for(estimator: Any, X: Any, workers: int = 1) -> Any:
     """``X`` rechunked to about 100 ms of kernel work per chunk for this model."""
-    from rfmdist.operators import chunk_rows_for
+    from rfmdist.dask_cluster import chunk_rows_for
 
     m = int(np.shape(estimator.centers_)[0])
     rows = chunk_rows_for(int(X.shape[0]), m, int(X.shape[1]), 8, workers)

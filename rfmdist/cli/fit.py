@@ -27,10 +27,10 @@ from rfmdist.cli.cluster import (
     check_cluster_arguments,
     cluster_client,
     has_bokeh,
-    n_workers,
 )
 from rfmdist.cli.errors import UsageError
 from rfmdist.cli.options import add_estimator_options, estimator_params
+from rfmdist.dask_cluster import n_workers
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def _chunked(
     """``X`` in row chunks: ``--chunk-rows``, or about 0.1 s of kernel work each for the centers
     the fit will use (:func:`rfmdist.pipeline.planned_centers`) and at least one per worker;
     logged. Without validation data the rounds see the training part of an internal split."""
-    from rfmdist.operators import chunk_rows_for
+    from rfmdist.dask_cluster import chunk_rows_for
     from rfmdist.pipeline import held_out_rows, planned_centers
     from rfmdist.sizing import fit_capacity
 
