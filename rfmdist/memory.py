@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rfmdist import backend
+from rfmdist.dask_cluster import worker_info
 
 CPU_BLOCK_BYTES = 8 * 2**20
 # A core's L2 cache where the OS does not say (the fused CPU passes' tiles take half of it).
@@ -198,7 +199,7 @@ def workers_cache_bytes(client: Any) -> int:
     ----------
     client : distributed.Client
     """
-    workers = client.scheduler_info().get("workers", {})
+    workers = worker_info(client)
     if not workers:
         return 0
     rooms = []
@@ -219,7 +220,7 @@ def worker_bytes(client: Any) -> int:
     ----------
     client : distributed.Client
     """
-    workers = client.scheduler_info().get("workers", {})
+    workers = worker_info(client)
     rooms = []
     for info in workers.values():
         limit = int(info.get("memory_limit") or 0)

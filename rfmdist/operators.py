@@ -22,9 +22,7 @@ a float32 kernel is the usual mixed precision).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +35,7 @@ from rfmdist.agop import (
     transformed_agop_sum,
 )
 from rfmdist.backend import get_namespace
+from rfmdist.dask_cluster import active_client, share_with_workers
 from rfmdist.kernels import PreparedKernel
 from rfmdist.threads import (
     blas_limit_for_dask,
@@ -521,7 +520,7 @@ class DaskKernelOperator:
         self.prepared = prepared
         self.cache = cache
         self.split_every = split_every
-        self._shared = share_with_workers(prepared)
+        self._shared = share_with_workers(prepared, timeout=SCATTER_TIMEOUT_S)
         self._cached: Any = None
 
     @property
@@ -584,7 +583,7 @@ class DaskKernelOperator:
                     type(err).__name__,
                     err,
                 )
-                self._shared = share_with_workers(self.prepared)
+                self._shared = share_with_workers(self.prepared, timeout=SCATTER_TIMEOUT_S)
                 self._cached = None
         return compute_dask(build())
 
@@ -807,62 +806,3 @@ def _agop_task(
 
 def _predict_task(x_block: Any, prepared: PreparedKernel, coef: Any) -> Any:
     return BlockedKernelOperator(x_block, prepared, workers=1).matvec(coef)
-
-
-def active_client() -> Any:
-    """The active ``distributed`` client, or None."""
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a core dependency
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
-def share_with_workers(obj: Any) -> Any:
-    """Send ``obj`` to every worker once when a ``distributed`` client is active; else return it.
-
-    The result can be passed to ``map_blocks`` like the object itself. Every worker holds a copy, so
-    losing workers later loses no data. If a worker dies while the copies are sent (the scatter fails),
-    the object travels inside each pass's graph instead: more traffic, but a lost copy is then
-    recreated from the graph like any other task. A broadcast that does not finish within
-    ``SCATTER_TIMEOUT_S`` falls back the same way: a worker killed mid-broadcast can make it wait
-    forever, and ``client.scatter``'s own ``timeout`` only bounds the wait for workers to appear, so
-    the broadcast runs on a helper thread whose result is awaited for that long.
-    """
-    client = active_client()
-    if client is None:
-        return obj
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfmdist-scatter")
-    try:
-        sent = pool.submit(client.scatter, obj, broadcast=True, hash=False)
-        return sent.result(timeout=SCATTER_TIMEOUT_S)
-    except (OSError, TimeoutError) as err:  # CommClosedError is an OSError
-        logger.warning(
-            "could not send the round's kernel to every worker (%s: %s); sending it with each pass",
-            type(err).__name__,
-            err,
-        )
-        import dask
-
-        return dask.delayed(obj, pure=True)
-    finally:
-        pool.shutdown(wait=False)  # a broadcast still hanging is left to finish or fail alone
-
-
-def chunk_rows_for(n_rows: int, n_centers: int, d: int, itemsize: int, n_workers: int = 1) -> int:
-    """A row-chunk size for Dask passes: about 100 ms of kernel work and at least one chunk per worker.
-
-    Parameters
-    ----------
-    n_rows, n_centers, d : int
-    itemsize : int
-    n_workers : int
-    """
-    target_flops = 2e9  # ~0.1 s at tens of GFLOP/s including exp/sqrt
-    by_work = math.ceil(target_flops / max(1.0, 2.0 * n_centers * (d + 8)))
-    by_memory = rows_per_block(n_centers, itemsize, block_bytes=256 * 2**20)
-    by_spread = math.ceil(n_rows / max(1, n_workers))
-    return int(max(1, min(max(by_work, 1024), by_memory, by_spread)))

@@ -39,11 +39,11 @@ from sklearn.utils import check_random_state
 from rfmdist import memory
 from rfmdist.backend import set_tf32, tf32_matmul, to_numpy
 from rfmdist.centers import NOT_A_ROW, CenterSelector, FixedSelector, selector_for
+from rfmdist.dask_cluster import active_client
 from rfmdist.data import is_dask_array, on_device, take_rows
 from rfmdist.fingerprint import column_statistics
 from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import active_client
 from rfmdist.plan import FitPlan, plan_fit
 from rfmdist.solvers import costs
 from rfmdist.store import (

@@ -11,7 +11,7 @@ with the run (attribute ``plan``) and carries it out (:class:`rfmdist.pipeline.F
 
 The rules themselves live with what they size: the internal validation split
 (:func:`held_out_rows`), the centers (:func:`rfmdist.sizing.auto_centers`), the row chunks
-(:func:`rfmdist.operators.chunk_rows_for`, called only from here: :func:`row_chunks`) and the dtype
+(:func:`rfmdist.dask_cluster.chunk_rows_for`, called only from here: :func:`row_chunks`) and the dtype
 (:func:`rfmdist.precision.choose_dtype`).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from rfmdist import memory
 from rfmdist.centers import AllRows, selector_for
-from rfmdist.operators import chunk_rows_for
+from rfmdist.dask_cluster import chunk_rows_for, n_workers
 from rfmdist.sizing import auto_centers, fit_capacity
 
 logger = logging.getLogger(__name__)
@@ -140,18 +140,14 @@ def held_out_rows(n: int, fraction: float | None, n_iter_no_change: int | None) 
 
 def row_chunks(n_rows: int, n_centers: int, n_features: int, dtype: Any, workers: int) -> int:
     """Rows per chunk of a Dask pass: about 0.1 s of kernel work against ``n_centers`` centers in
-    ``dtype``, and at least one chunk per worker (:func:`rfmdist.operators.chunk_rows_for`)."""
+    ``dtype``, and at least one chunk per worker (:func:`rfmdist.dask_cluster.chunk_rows_for`)."""
     itemsize = np.dtype(dtype).itemsize
     return chunk_rows_for(n_rows, n_centers, n_features, itemsize, max(1, workers))
 
 
 def cluster_workers(client: Any) -> int:
     """Workers of a distributed client (0 without one)."""
-    if client is None:
-        return 0
-    from rfmdist.cli.cluster import n_workers
-
-    return n_workers(client)
+    return 0 if client is None else n_workers(client)
 
 
 def plan_fit(

@@ -32,9 +32,9 @@ The count is rounded down to two significant digits, so that small differences i
 at the start do not change it. The rule and its measured accuracy against fit time are in the
 README (section "Large data sets").
 
-Row chunks follow :func:`rfmdist.operators.chunk_rows_for` (about 0.1 s of kernel work per chunk, at
-least one chunk per worker). The AGOP sample stays ``agop_samples`` rows (5,000) whatever ``n``: the
-AGOP is a mean over rows, whose sampling error depends on the sample's size, not on ``n``.
+Row chunks follow :func:`rfmdist.dask_cluster.chunk_rows_for` (about 0.1 s of kernel work per
+chunk, at least one chunk per worker). The AGOP sample stays ``agop_samples`` rows (5,000) whatever
+``n``: the AGOP is a mean over rows, whose sampling error depends on the sample's size, not on ``n``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import math
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from rfmdist.dask_cluster import n_threads, n_workers
 
 #: The reference: the exact system of this many rows on this many cores is one round's work budget.
 REFERENCE_EXACT_ROWS = 20_000
@@ -69,12 +71,6 @@ def local_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def cluster_cores(client: Any) -> int:
-    """The worker threads of a distributed ``client`` (the cores its passes run on)."""
-    workers = client.scheduler_info().get("workers", {})
-    return max(1, sum(int(info.get("nthreads", 1)) for info in workers.values()))
 
 
 @dataclass(frozen=True)
@@ -135,9 +131,9 @@ def fit_capacity(device: str, dtype: Any, client: Any = None) -> Capacity:
         from rfmdist.threads import blas_threads
 
         name = np.dtype(dtype).name
-        gpus = 1 if client is None else max(1, len(client.scheduler_info().get("workers", {})))
+        gpus = n_workers(client)
         return gpu_capacity(gpus, gemm_rates("gpu", blas_threads())[name], name)
-    return cpu_capacity(local_cores() if client is None else cluster_cores(client))
+    return cpu_capacity(local_cores() if client is None else n_threads(client))
 
 
 def work_budget(cores: int) -> float:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from rfmdist.dask_cluster import active_client
+
 T = TypeVar("T")
 Item = TypeVar("Item")
 
@@ -62,15 +64,10 @@ def compute_dask(collection: Any) -> Any:
     from rfmdist.progress import show_pass_progress
 
     if show_pass_progress():
-        try:
-            from distributed import default_client, progress
-        except ImportError:  # pragma: no cover - distributed is a core dependency
-            progress = None
-        try:
-            client = None if progress is None else default_client()
-        except ValueError:
-            client = None
+        client = active_client()
         if client is not None:
+            from distributed import progress
+
             future = client.compute(collection)
             progress(future)
             return future.result()

@@ -29,11 +29,12 @@ import numpy as np
 
 from rfmdist import memory
 from rfmdist.backend import get_namespace, to_numpy
+from rfmdist.dask_cluster import active_client
 from rfmdist.data import is_dask_array
 from rfmdist.kernels import prepare_kernel
 from rfmdist.metric import Metric
 from rfmdist.model import KernelMachine, Standardizer
-from rfmdist.operators import KernelOperator, active_client, kernel_operator
+from rfmdist.operators import KernelOperator, kernel_operator
 from rfmdist.progress import CGTracker, LogProgress
 from rfmdist.solvers import costs
 from rfmdist.solvers.systems import (

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rfmdist.cli.errors import UsageError
+from rfmdist.dask_cluster import worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def cluster_client(args: argparse.Namespace, *, local: bool = True) -> Iterator[
             logger.info(
                 "connected to %s (%d workers); dashboard: %s",
                 address,
-                len(client.scheduler_info(n_workers=-1).get("workers", {})),
+                len(worker_info(client)),
                 client.dashboard_link,
             )
             yield client
@@ -268,10 +269,3 @@ def _log_dashboard(client: Any) -> None:
         logger.info("dashboard: %s", client.dashboard_link)
     else:
         logger.info("dashboard: not available (pip install bokeh to follow the work live)")
-
-
-def n_workers(client: Any) -> int:
-    """Number of workers the client sees (1 without a client)."""
-    if client is None:
-        return 1
-    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))

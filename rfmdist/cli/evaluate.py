@@ -13,9 +13,9 @@ from rfmdist.cli.cluster import (
     add_cluster_arguments,
     check_cluster_arguments,
     cluster_client,
-    n_workers,
 )
 from rfmdist.cli.common import chunked_for, load_model, open_for_model
+from rfmdist.dask_cluster import n_workers
 
 
 def register(sub: Any) -> argparse.ArgumentParser:
