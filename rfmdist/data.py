@@ -2,9 +2,9 @@
 
 The one ingestion layer of the estimators and the command line: both open Zarr stores with
 :func:`open_zarr`, refuse non-numeric columns with :func:`check_numeric_columns` and non-finite rows
-with :func:`non_finite_error` (the command line's file formats are read by :mod:`rfmdist.io`, which
-calls these). Every check raises an error that says what was expected, what was found and how to fix
-it. In-memory inputs go through scikit-learn's ``validate_data`` (feature names,
+with :func:`non_finite_error` (the command line's file formats are read by
+:mod:`rfmdist.cli.tables`, which calls these). Every check raises an error that says what was
+expected, what was found and how to fix it. In-memory inputs go through scikit-learn's ``validate_data`` (feature names,
 ``n_features_in_``); Dask inputs are checked on their metadata (row chunks only, known chunk sizes,
 numeric dtype) and for finiteness in the same pass that computes the standardisation statistics.
 """

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import zarr
 
-from rfmdist import RFMClassifier, RFMRegressor, io
+from rfmdist import RFMClassifier, RFMRegressor
+from rfmdist.cli import tables
 from rfmdist.cli.fit import choose_task
 from rfmdist.cli.main import main
 
@@ -79,7 +80,7 @@ def assert_bad_input(code: int, err: str, *fragments: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet", "npy", "npz", "zarr"])
 def test_readers_agree(files, frame, fmt):
-    table = io.check_table(io.open_table(files[fmt]), chunk_rows=50)
+    table = tables.check_table(tables.open_table(files[fmt]), chunk_rows=50)
     assert table.X.chunks == ((50, 50, 20), (4,))
     np.testing.assert_allclose(table.X.compute(), frame[["a", "b", "c", "d"]].to_numpy())
     np.testing.assert_allclose(table.y, frame["y"].to_numpy())
@@ -88,9 +89,9 @@ def test_readers_agree(files, frame, fmt):
 
 
 def test_target_by_name_and_index(files):
-    by_name = io.check_table(io.open_table(files["csv"], target="b"))
+    by_name = tables.check_table(tables.open_table(files["csv"], target="b"))
     assert by_name.feature_names == ["a", "c", "d", "y"] and by_name.target_name == "b"
-    by_index = io.check_table(io.open_table(files["npy"], target="0"))
+    by_index = tables.check_table(tables.open_table(files["npy"], target="0"))
     assert by_index.feature_names == ["x1", "x2", "x3", "x4"] and by_index.target_name == "x0"
 
 
@@ -100,7 +101,7 @@ def test_writers_round_trip(tmp_path, ext):
 
     pred = da.from_array(np.arange(10.0), chunks=4)
     path = tmp_path / f"pred.{ext}"
-    io.write_predictions(pred, str(path), columns=["prediction"])
+    tables.write_predictions(pred, str(path), columns=["prediction"])
     back = {
         "zarr": lambda: zarr.open_array(str(path), mode="r")[:],
         "npy": lambda: np.load(path),

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 K8S = CLUSTER / "kubernetes"
 SBATCH = CLUSTER / "slurm" / "rfmdist-fit.sbatch"
+JOBQUEUE_LAUNCHER = CLUSTER / "jobqueue" / "launch.py"
 IMAGE = "ghcr.io/your-org/rfmdist:latest"
 INSTALL_TEST_EXTRA = (
     "install the test extra: pip install -e '.[test]' "
@@ -175,25 +176,34 @@ def test_pbs_resource_spec_override_and_extras() -> None:
     assert "export OMP_NUM_THREADS=2" in script
 
 
-def test_launcher_cli_prints_job_script(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("system", "queue_option", "expected"),
+    [
+        ("slurm", "--partition", ("#SBATCH -p gpu", "#SBATCH -t 01:30:00", "#SBATCH --gres=gpu:2")),
+        ("pbs", "--queue", ("#PBS -q gpu", "#PBS -l walltime=01:30:00", ":ngpus=2:")),
+    ],
+)
+def test_launcher_cli_prints_job_script(
+    caplog: pytest.LogCaptureFixture, system: str, queue_option: str, expected: tuple[str, ...]
+) -> None:
     jq_launch = _jobqueue_launch()
     argv = [
-        "--partition", "gpu", "--account", "proj42", "--walltime", "01:30:00",
+        system, queue_option, "gpu", "--account", "proj42", "--walltime", "01:30:00",
         "--cores", "8", "--memory", "32GiB", "--jobs", "2", "--gpus-per-node", "2",
         "--print-job-script",
     ]  # fmt: skip
     with caplog.at_level("INFO"):
-        assert jq_launch.main("slurm", argv) == 0
+        assert jq_launch.main(argv) == 0
     text = caplog.text
-    assert "#SBATCH -p gpu" in text and "#SBATCH -t 01:30:00" in text
-    assert "#SBATCH --gres=gpu:2" in text and "-m dask_cuda.cli" in text
+    assert all(line in text for line in expected), text
+    assert "-m dask_cuda.cli" in text
 
 
-@pytest.mark.parametrize("script", ["slurm/launch.py", "pbs/launch.py"])
-def test_launcher_scripts_help(script: str) -> None:
+@pytest.mark.parametrize("system", ["slurm", "pbs"])
+def test_launcher_script_help(system: str) -> None:
     _require("dask_jobqueue", "dask-jobqueue")
     out = subprocess.run(
-        [sys.executable, str(CLUSTER / script), "--help"],
+        [sys.executable, str(JOBQUEUE_LAUNCHER), system, "--help"],
         capture_output=True,
         text=True,
         check=True,

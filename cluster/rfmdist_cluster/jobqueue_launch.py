@@ -1,6 +1,6 @@
-"""dask-jobqueue based launcher shared by ``cluster/slurm`` and ``cluster/pbs``.
+"""The dask-jobqueue launcher of ``cluster/jobqueue/launch.py`` for SLURM and PBS.
 
-The launcher
+Its first argument names the batch system (``slurm`` or ``pbs``); the launcher
 
 1. builds the keyword arguments of a dask-jobqueue ``SLURMCluster`` / ``PBSCluster``
    (one worker process per job with ``threads = cores`` for CPU jobs; one
@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 System = Literal["slurm", "pbs"]
 SYSTEMS: tuple[str, ...] = ("slurm", "pbs")
+
+#: How the launcher is started (its usage line and examples).
+PROG = "python cluster/jobqueue/launch.py"
 
 #: Placeholder used when rendering a job script without a running scheduler.
 PLACEHOLDER_SCHEDULER = "tcp://<scheduler-address>:8786"
@@ -205,8 +208,8 @@ def check_walltime(system: System, walltime: str) -> None:
 def _check_system(system: str) -> None:
     if system not in SYSTEMS:
         raise ValueError(
-            f"expected a batch system in {SYSTEMS}, found {system!r}; fix: use "
-            "cluster/slurm/launch.py or cluster/pbs/launch.py."
+            f"expected a batch system in {SYSTEMS}, found {system!r}; fix: pass "
+            f"'{PROG} slurm ...' or '{PROG} pbs ...'."
         )
 
 
@@ -412,33 +415,52 @@ def launch(
             return fitcmd.run_fit(command)
 
 
-def build_parser(system: System) -> argparse.ArgumentParser:
-    """Return the launcher's argument parser for ``system``.
-
-    Parameters
-    ----------
-    system : {"slurm", "pbs"}
-        Batch system.
+def build_parser() -> argparse.ArgumentParser:
+    """Return the launcher's argument parser: one sub-command per batch system.
 
     Returns
     -------
     argparse.ArgumentParser
-        Parser for the arguments *before* ``--``.
+        Parser for the arguments *before* ``--``; ``system`` holds the chosen batch system.
     """
-    _check_system(system)
     parser = argparse.ArgumentParser(
-        prog=f"python cluster/{system}/launch.py",
+        prog=PROG,
         description=(
-            f"Start Dask workers as {system.upper()} jobs (dask-jobqueue) and run "
+            "Start Dask workers as SLURM or PBS jobs (dask-jobqueue) and run "
             "'rfmdist fit --scheduler ADDRESS ...' against them. Everything after '--' "
             "is passed to rfmdist fit."
         ),
-        epilog=(
-            f"example: python cluster/{system}/launch.py --jobs 4 --cores 32 --memory "
-            "128GiB --walltime 04:00:00 -- --train data.parquet --target y "
-            "--out model.zarr --resume"
-        ),
+        epilog=f"options of one batch system: {PROG} {{{','.join(SYSTEMS)}}} --help",
     )
+    systems = parser.add_subparsers(dest="system", required=True)
+    for system in SYSTEMS:
+        add_system_arguments(
+            systems.add_parser(
+                system,
+                help=f"workers as {system.upper()} jobs",
+                description=f"Start Dask workers as {system.upper()} jobs and run rfmdist fit.",
+                epilog=(
+                    f"example: {PROG} {system} --jobs 4 --cores 32 --memory 128GiB "
+                    "--walltime 04:00:00 -- --train data.parquet --target y "
+                    "--out model.zarr --resume"
+                ),
+            ),
+            system,
+        )
+    return parser
+
+
+def add_system_arguments(parser: argparse.ArgumentParser, system: System) -> None:
+    """Add the job-resource, network and run options of ``system`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The sub-command parser of ``system``.
+    system : {"slurm", "pbs"}
+        Batch system (SLURM names the queue a partition; PBS takes ``--resource-spec``).
+    """
+    _check_system(system)
     res = parser.add_argument_group("job resources")
     if system == "slurm":
         res.add_argument("-p", "--partition", "--queue", dest="queue", help="SLURM partition")
@@ -496,7 +518,6 @@ def build_parser(system: System) -> argparse.ArgumentParser:
         help="render the worker job script and exit without submitting anything",
     )
     net.add_argument("--log-level", default="INFO", help="launcher log level")
-    return parser
 
 
 def spec_from_args(system: System, args: argparse.Namespace) -> WorkerJobSpec:
@@ -507,7 +528,7 @@ def spec_from_args(system: System, args: argparse.Namespace) -> WorkerJobSpec:
     system : {"slurm", "pbs"}
         Batch system.
     args : argparse.Namespace
-        Output of :func:`build_parser` ``.parse_args``.
+        Output of :func:`build_parser` ``.parse_args`` for ``system``.
 
     Returns
     -------
@@ -534,15 +555,14 @@ def spec_from_args(system: System, args: argparse.Namespace) -> WorkerJobSpec:
     )
 
 
-def main(system: System, argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point of ``cluster/<system>/launch.py``.
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point of ``cluster/jobqueue/launch.py``.
 
     Parameters
     ----------
-    system : {"slurm", "pbs"}
-        Batch system.
     argv : sequence of str, optional
-        Arguments without the program name (default: ``sys.argv[1:]``).
+        Arguments without the program name, the batch system first (default:
+        ``sys.argv[1:]``), e.g. ``["slurm", "--cores", "8", ..., "--", "--train", ...]``.
 
     Returns
     -------
@@ -550,8 +570,9 @@ def main(system: System, argv: Sequence[str] | None = None) -> int:
         Process exit status.
     """
     launcher_argv, fit_argv = fitcmd.split_launcher_argv(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(system)
+    parser = build_parser()
     args = parser.parse_args(launcher_argv)
+    system: System = args.system
     try:
         fitcmd.configure_logging(args.log_level)
         spec = spec_from_args(system, args)

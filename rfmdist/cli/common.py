@@ -28,9 +28,9 @@ def load_model(path: str, *, incomplete: bool = False) -> Any:
     RFMRegressor or RFMClassifier
     """
     import rfmdist
-    from rfmdist import io
+    from rfmdist.cli import tables
 
-    if not io.is_url(path) and not os.path.exists(path):
+    if not tables.is_url(path) and not os.path.exists(path):
         raise FileNotFoundError(
             f"Expected a model store at {path!r}, found nothing there; pass the --out path of "
             "'rfmdist fit'."
@@ -65,21 +65,21 @@ def open_for_model(path: str, estimator: Any, *, target: str | None, need_target
 
     Returns
     -------
-    rfmdist.io.Table
+    rfmdist.cli.tables.Table
         Checked (one pass), ``X`` row-chunked.
     """
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     names = feature_names(estimator)
-    by_name = names is not None and io.detect_format(path) in ("csv", "parquet")
+    by_name = names is not None and tables.detect_format(path) in ("csv", "parquet")
     if target is None and need_target:
-        target = io.DEFAULT_TARGET
+        target = tables.DEFAULT_TARGET
         if by_name:
             columns = _columns(path)
             others = [c for c in columns if c not in names]
             if len(others) == 1:
                 target = others[0]
-    table = io.open_table(path, target=target, features=names if by_name else None)
+    table = tables.open_table(path, target=target, features=names if by_name else None)
     expected = int(estimator.n_features_in_)
     found = len(table.feature_names)
     if found != expected:
@@ -92,13 +92,13 @@ def open_for_model(path: str, estimator: Any, *, target: str | None, need_target
             f"Expected {expected} feature columns in {path!r} (as in fit), found {found}{hint}; pass "
             "data with the columns the model was fitted on."
         )
-    return io.check_table(table)
+    return tables.check_table(table)
 
 
 def _columns(path: str) -> list[str]:
-    from rfmdist import io
+    from rfmdist.cli import tables
 
-    table = io.open_table(path, target=None)
+    table = tables.open_table(path, target=None)
     return list(table.feature_names)
 
 

@@ -101,22 +101,22 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Check everything, start or reach the cluster, fit; returns the exit code."""
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     started = time.perf_counter()
     check_cluster_arguments(args)
     estimator_params = _estimator_params(args)
     _check_outputs(args)
-    target = io.DEFAULT_TARGET if args.target is None else args.target
-    train = io.open_table(args.train, target=target)
+    target = tables.DEFAULT_TARGET if args.target is None else args.target
+    train = tables.open_table(args.train, target=target)
     val = None
     if args.val is not None:
         val_target = train.target_name if train.named or args.target is not None else target
-        val = io.open_table(args.val, target=val_target)
-        io.check_same_features(train, val)
-    train = io.check_table(train)
+        val = tables.open_table(args.val, target=val_target)
+        tables.check_same_features(train, val)
+    train = tables.check_table(train)
     if val is not None:
-        val = io.check_table(val)
+        val = tables.check_table(val)
     task, reason = choose_task(train.y) if args.task == "auto" else (args.task, "as requested")
     _check_target_for_task(train, task)
     sys.stdout.write(f"task: {task} ({reason})\n")
@@ -253,23 +253,27 @@ def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     if args.resume and args.overwrite:
         raise UsageError(
             "Expected at most one of --resume and --overwrite, found both; --resume continues the "
             "fit in --out, --overwrite starts over and replaces it."
         )
-    io.check_output_path(args.out, what="model", allow_existing=True)
+    tables.check_output_path(args.out, what="model", allow_existing=True)
     _check_no_other_writer(args.out)
-    if not io.is_url(args.out) and os.path.exists(args.out) and not (args.resume or args.overwrite):
+    if (
+        not tables.is_url(args.out)
+        and os.path.exists(args.out)
+        and not (args.resume or args.overwrite)
+    ):
         raise FileExistsError(
             f"Expected no model at --out {args.out!r}, found one already; pass --overwrite to "
             "replace it when the new fit completes, --resume to continue an interrupted fit, or "
             "choose another path."
         )
     if args.report is not None:
-        io.check_output_path(args.report, what="report", allow_existing=True)
+        tables.check_output_path(args.report, what="report", allow_existing=True)
         if not has_bokeh():
             raise UsageError(
                 "Expected bokeh for --report (Dask draws its performance report with it), found it "

@@ -39,14 +39,14 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load, summarise, print and plot; returns the exit code."""
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     if args.top < 1:
         raise ValueError(f"Expected --top >= 1, found {args.top}.")
     plt = None
     if args.plot is not None:
         plt = require_matplotlib()
-        io.check_output_path(args.plot, what="plot", allow_existing=True)
+        tables.check_output_path(args.plot, what="plot", allow_existing=True)
     estimator = load_model(args.model, incomplete=True)
     info = summary(estimator, args.model, top=args.top)
     info["status"] = _status_line(args.model, len(info["rounds"]), int(estimator.iters))

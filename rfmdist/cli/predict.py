@@ -50,12 +50,12 @@ def register(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Check, predict and write; returns the exit code."""
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     check_cluster_arguments(args)
-    io.detect_format(args.out, formats=io.OUTPUT_FORMATS)
-    io.check_output_path(args.out, what="predictions", overwrite=args.overwrite)
-    io.check_input_path(args.data)
+    tables.detect_format(args.out, formats=tables.OUTPUT_FORMATS)
+    tables.check_output_path(args.out, what="predictions", overwrite=args.overwrite)
+    tables.check_input_path(args.data)
     estimator = load_model(args.model)
     table = open_for_model(args.data, estimator, target=args.target, need_target=False)
     with cluster_client(args, local=False) as client:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         columns = (
             ["prediction"] if pred.ndim == 1 else [f"prediction_{j}" for j in range(pred.shape[1])]
         )
-        io.write_predictions(pred, args.out, columns=columns)
+        tables.write_predictions(pred, args.out, columns=columns)
     sys.stdout.write(f"wrote {table.n_rows} predictions to {args.out}\n")
     return 0
 
@@ -81,11 +81,11 @@ def predictions(estimator: Any, X: Any) -> Any:
     -------
     dask.array.Array, shape (n,) or (n, c)
     """
-    from rfmdist import io
+    from rfmdist.cli import tables
 
     pred = estimator.predict(X)
     classes = getattr(estimator, "classes_", None)
     if classes is not None and np.asarray(classes).dtype.kind == "O":
-        dtype = io.storable_labels(classes).dtype
+        dtype = tables.storable_labels(classes).dtype
         pred = pred.map_blocks(lambda b: np.asarray(b).astype(dtype), dtype=dtype)
     return pred

@@ -704,7 +704,7 @@ def _storable(pred: Any) -> Any:
     if pred.dtype.kind == "O":
         raise TypeError(
             f"Expected predictions of a fixed-size dtype, found {pred.dtype}; convert labels with "
-            "rfmdist.io.storable_labels first."
+            "rfmdist.cli.tables.storable_labels first."
         )
     return pred
 
