@@ -236,6 +236,10 @@ class _RFMBase(BaseEstimator):
     refit_ : dict or None
         The refit of the kept ``M`` on all rows when 10% were held out to choose the round (solver
         record, rows, seconds); None when the fit had an ``eval_set`` or no refit ran.
+    plan_ : rfmdist.plan.FitPlan or None
+        The plan the fit carried out (held-out rows, centers, row chunks, workers, device, dtype,
+        solver policy, AGOP sample; :meth:`plan` gives it before a fit); stored with the run (None
+        for a model stored before plans were).
     seed_ : int
         The seed the fit drew from ``random_state`` (centers, AGOP samples, validation rows; stored
         with the model so that a resumed fit draws the same).

@@ -15,6 +15,7 @@ Layout (``d`` features, ``m`` centers, ``c`` outputs, ``R`` = ``completed_rounds
                             data {n, d, n_outputs, dtype, classes, hash, sample_hash, eval_set},
                             estimator_state {y_1d, n_features_in, feature_names_in},
                             completed_rounds (R), best_iter, n_centers (m), rates (the cost model's),
+                            plan (the fit's plan, rfmdist.plan.FitPlan.record: kept on resume),
                             history (R per-round records: scores, solver choice and record, seconds;
                             CG residuals as {"array": "history/residuals/<t>", "first", "last"}),
                             refit (its record, when there is one)
