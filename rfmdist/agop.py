@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rfmdist import fused
 from rfmdist.backend import get_namespace
 from rfmdist.kernels import PreparedKernel, prepare_kernel
 
@@ -86,8 +87,6 @@ def transformed_gradients(
     # grad_k(x) = scale * [ (sum_j w_j coef_jk) x' - sum_j w_j coef_jk z'_j ]: two GEMMs per block,
     # on tiles of the weights with the fused backend on the CPU.
     if prepared.fused_tiles:
-        from rfmdist import fused
-
         center_terms, row_weight = fused.gradient_terms(
             prepared, rows, operand.weighted_centers, operand.coef
         )

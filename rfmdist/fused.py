@@ -10,7 +10,7 @@ half a core's L2 cache (:func:`rfmdist.memory.tile_bytes`):
 1. the tile's distances by one BLAS GEMM called from compiled code (SciPy's BLAS, as Numba's own
    ``np.dot``; :func:`gemm`), into the cached tile;
 2. per row, a vectorized test for pairs closer than the GEMM resolves (the near pairs of
-   :func:`rfmdist.kernels.augment_rows`), which are recomputed from their differences;
+   :func:`rfmdist.distances.augment_rows`), which are recomputed from their differences;
 3. the clamp at zero, ``sqrt`` (Laplace), ``exp`` and for the AGOP's weights the division by the radius,
    in one vectorized loop;
 4. the tile's part of the pass: its product with the pass's vectors (a loop for a few columns, BLAS for
@@ -27,6 +27,12 @@ functions are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` move
 
 On a GPU, :func:`kernel_tail` runs steps 2-3 after CuPy's GEMM: the near pairs as the reference path
 finds them, then one elementwise kernel.
+
+Both paths take their distances from :mod:`rfmdist.distances` (the distance GEMM's two sides, the
+near-pair limits and their recomputation), and this module imports nothing of :mod:`rfmdist.kernels`:
+its functions take a :class:`~rfmdist.distances.KernelCenters` (the kernel's name, bandwidth and
+transformed centers; a :class:`~rfmdist.kernels.PreparedKernel` is one) and the rows, and
+:mod:`rfmdist.kernels` calls them for its ``'fused'`` backend.
 """
 
 from __future__ import annotations
@@ -43,10 +49,10 @@ from numba.np import linalg as numba_linalg
 
 from rfmdist import memory
 from rfmdist.backend import cupy_module, is_cupy_array
-from rfmdist.kernels import (
+from rfmdist.distances import (
     LAPLACE_GRADIENT_GUARD,
+    KernelCenters,
     NearLimits,
-    PreparedKernel,
     TransformedRows,
     augment_rows,
     recompute_near_pairs,
@@ -146,7 +152,7 @@ NEAR_SCAN = 64
 @numba.njit(nogil=True, cache=True)
 def _has_near(row: Any, row_limit: Any, center_limits: Any) -> bool:
     """True if a distance of the row is at most its pair's limit
-    (:class:`~rfmdist.kernels.NearLimits`; before the clamp, so negative ones count); a count,
+    (:class:`~rfmdist.distances.NearLimits`; before the clamp, so negative ones count); a count,
     which vectorizes where a floating-point minimum does not."""
     count = 0
     for j in range(row.shape[0]):
@@ -457,7 +463,7 @@ def _gradient_pass(
 ) -> None:
     """Adds the two contractions of a block's gradients: ``W weighted_centers`` to ``center_terms``
     (b, c d) and ``W coef_t.T`` to ``row_weights`` (b, c), ``W`` the gradient weights
-    (:meth:`PreparedKernel.gradient_weights`), never formed for the whole block. The weights are
+    (:meth:`rfmdist.kernels.PreparedKernel.gradient_weights`), never formed for the whole block. The weights are
     made tile by tile into panels of ``panel_cols`` centers, and each panel's products are one GEMM
     and one loop (see :func:`gradient_terms` for the panels' width). The products run in the
     operands' dtype."""
@@ -496,7 +502,7 @@ def kernel_tail(
     dist: Any,
     limits: NearLimits,
     rows: TransformedRows,
-    prepared: PreparedKernel,
+    centers: KernelCenters,
     *,
     weights: bool = False,
 ) -> Any:
@@ -506,17 +512,17 @@ def kernel_tail(
     ----------
     dist : array, shape (b, m)
         ``scale * ||x' - z'||^2`` by GEMM (``scale`` the kernel's
-        :attr:`~rfmdist.kernels.PreparedKernel.distance_scale`), before the clamp at zero;
-        overwritten.
+        :attr:`~rfmdist.distances.KernelCenters.distance_scale`;
+        :func:`rfmdist.distances.gemm_distances`), before the clamp at zero; overwritten.
     limits : NearLimits
-        Which pairs are recomputed from their differences (:func:`rfmdist.kernels.augment_rows`).
+        Which pairs are recomputed from their differences (:func:`rfmdist.distances.augment_rows`).
     rows : TransformedRows
         The block's rows (b of them).
-    prepared : PreparedKernel
-        The kernel and its m centers.
+    centers : KernelCenters
+        The kernel and its m centers (a :class:`~rfmdist.kernels.PreparedKernel` is one).
     weights : bool, default False
         Return the AGOP's gradient weights (``K / ||x - z||_M`` for Laplace, 0 within
-        :data:`~rfmdist.kernels.LAPLACE_GRADIENT_GUARD` of ``x = z``; ``K`` for Gaussian).
+        :data:`~rfmdist.distances.LAPLACE_GRADIENT_GUARD` of ``x = z``; ``K`` for Gaussian).
 
     Returns
     -------
@@ -524,10 +530,10 @@ def kernel_tail(
         ``dist`` itself, overwritten.
     """
     if is_cupy_array(dist):
-        recompute_near_pairs(dist, limits, rows, prepared)
-        tail = _gpu_tail_kernel(prepared.kernel == "laplace", weights)
-        return tail(dist, prepared.bandwidth, LAPLACE_GRADIENT_GUARD, dist)
-    _cpu_tail(dist, 0, weights, *_tail_operands(prepared, rows, limits))
+        recompute_near_pairs(dist, limits, rows, centers)
+        tail = _gpu_tail_kernel(centers.kernel == "laplace", weights)
+        return tail(dist, centers.bandwidth, LAPLACE_GRADIENT_GUARD, dist)
+    _cpu_tail(dist, 0, weights, *_tail_operands(centers, rows, limits))
     return dist
 
 
@@ -535,7 +541,7 @@ def kernel_tail(
 
 
 def _tail_operands(
-    prepared: PreparedKernel, rows: TransformedRows, limits: NearLimits
+    centers: KernelCenters, rows: TransformedRows, limits: NearLimits
 ) -> tuple[Any, ...]:
     """What the tail of a block's distances needs (:func:`_cpu_tail`): the near-pair limits of the
     rows and of the centers, the rows and centers before and after the transform, the scale and the
@@ -545,22 +551,22 @@ def _tail_operands(
         limits.centers,
         np.ascontiguousarray(rows.X),
         np.ascontiguousarray(rows.Xt),
-        prepared.centers,
-        prepared.centers_t,
-        prepared.distance_scale,
-        prepared.kernel == "laplace",
-        prepared.bandwidth,
+        centers.centers,
+        centers.centers_t,
+        centers.distance_scale,
+        centers.kernel == "laplace",
+        centers.bandwidth,
         LAPLACE_GRADIENT_GUARD,
     )
 
 
-def _kernel_operands(prepared: PreparedKernel, rows: TransformedRows) -> tuple[Any, ...]:
+def _kernel_operands(centers: KernelCenters, rows: TransformedRows) -> tuple[Any, ...]:
     """What every tile needs of a block of rows: the augmented rows and centers of the distance
     GEMM, then :func:`_tail_operands`."""
     rows_aug, limits = augment_rows(
-        rows.Xt, rows.sq, prepared.centers_aug, scale=prepared.distance_scale
+        rows.Xt, rows.sq, centers.centers_aug, scale=centers.distance_scale
     )
-    return (rows_aug, prepared.centers_aug, *_tail_operands(prepared, rows, limits))
+    return (rows_aug, centers.centers_aug, *_tail_operands(centers, rows, limits))
 
 
 def tile_shape(n_centers: int, itemsize: int, tile_bytes: int | None = None) -> tuple[int, int]:
@@ -579,7 +585,7 @@ def tile_shape(n_centers: int, itemsize: int, tile_bytes: int | None = None) -> 
 
 
 def _run_tiles(
-    prepared: PreparedKernel,
+    centers: KernelCenters,
     operands: tuple[Any, ...],
     mode: int,
     operand: Any,
@@ -587,21 +593,22 @@ def _run_tiles(
     *,
     weights: bool = False,
 ) -> Any:
-    rows, cols = tile_shape(prepared.n_centers, out.itemsize)
+    rows, cols = tile_shape(centers.n_centers, out.itemsize)
     _tile_pass(mode, operands, weights, rows, cols, operand, out)
     return out
 
 
 def block(
-    prepared: PreparedKernel, rows: TransformedRows, *, weights: bool = False, out: Any = None
+    centers: KernelCenters, rows: TransformedRows, *, weights: bool = False, out: Any = None
 ) -> Any:
     """Kernel values ``K(X, Z)`` (or the AGOP's gradient weights) of transformed rows.
 
     Parameters
     ----------
-    prepared : PreparedKernel
+    centers : KernelCenters
+        The kernel and its m centers (a :class:`~rfmdist.kernels.PreparedKernel` is one).
     rows : TransformedRows
-        :meth:`PreparedKernel.transform` of the b rows.
+        :meth:`KernelCenters.transform <rfmdist.distances.KernelCenters.transform>` of the b rows.
     weights : bool, default False
         ``K / ||x - z||_M`` (Laplace; 0 at the ``x = z`` singularity) or ``K`` (Gaussian).
     out : array, shape (b, m), optional
@@ -612,33 +619,33 @@ def block(
     array, shape (b, m), the kernel's dtype
     """
     if out is None:
-        out = np.empty((rows.Xt.shape[0], prepared.n_centers), dtype=prepared.centers_t.dtype)
-    operands = _kernel_operands(prepared, rows)
-    return _run_tiles(prepared, operands, BLOCK, out[:0], out, weights=weights)
+        out = np.empty((rows.Xt.shape[0], centers.n_centers), dtype=centers.centers_t.dtype)
+    operands = _kernel_operands(centers, rows)
+    return _run_tiles(centers, operands, BLOCK, out[:0], out, weights=weights)
 
 
-def _in_kernel_dtype(prepared: PreparedKernel, V: Any) -> Any:
-    return np.ascontiguousarray(V, dtype=prepared.centers_t.dtype)
+def _in_kernel_dtype(centers: KernelCenters, V: Any) -> Any:
+    return np.ascontiguousarray(V, dtype=centers.centers_t.dtype)
 
 
-def matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
+def matvec(centers: KernelCenters, X: Any, V: Any) -> Any:
     """``K(X, Z) V`` without the kernel block: X (b, d), V (m, c); result (b, c), kernel's dtype."""
-    V = _in_kernel_dtype(prepared, V)
+    V = _in_kernel_dtype(centers, V)
     out = np.zeros((X.shape[0], V.shape[1]), dtype=V.dtype)
     operand = np.ascontiguousarray(V.T) if V.shape[1] <= FEW_COLUMNS else V
     return _run_tiles(
-        prepared, _kernel_operands(prepared, prepared.transform(X)), MATVEC, operand, out
+        centers, _kernel_operands(centers, centers.transform(X)), MATVEC, operand, out
     )
 
 
-def rmatvec(prepared: PreparedKernel, X: Any, U: Any) -> Any:
+def rmatvec(centers: KernelCenters, X: Any, U: Any) -> Any:
     """``K(X, Z)^T U`` without the kernel block: X (b, d), U (b, c); result (m, c), kernel's dtype."""
-    U = _in_kernel_dtype(prepared, U)
+    U = _in_kernel_dtype(centers, U)
     few = U.shape[1] <= FEW_COLUMNS
-    shape = (U.shape[1], prepared.n_centers) if few else (prepared.n_centers, U.shape[1])
+    shape = (U.shape[1], centers.n_centers) if few else (centers.n_centers, U.shape[1])
     out = _run_tiles(
-        prepared,
-        _kernel_operands(prepared, prepared.transform(X)),
+        centers,
+        _kernel_operands(centers, centers.transform(X)),
         RMATVEC,
         U,
         np.zeros(shape, U.dtype),
@@ -646,25 +653,26 @@ def rmatvec(prepared: PreparedKernel, X: Any, U: Any) -> Any:
     return out.T if few else out
 
 
-def normal_matvec(prepared: PreparedKernel, X: Any, V: Any) -> Any:
+def normal_matvec(centers: KernelCenters, X: Any, V: Any) -> Any:
     """``K^T (K V)`` of a block: X (b, d), V (m, c); result (m, c), kernel's dtype."""
-    V = _in_kernel_dtype(prepared, V)
-    out = np.zeros((prepared.n_centers, V.shape[1]), dtype=V.dtype)
-    rows, cols = tile_shape(prepared.n_centers, V.itemsize)
-    strip_rows = max(16, STRIP_TILES * rows * cols // prepared.n_centers)
-    _normal_pass(_kernel_operands(prepared, prepared.transform(X)), strip_rows, V, out)
+    V = _in_kernel_dtype(centers, V)
+    out = np.zeros((centers.n_centers, V.shape[1]), dtype=V.dtype)
+    rows, cols = tile_shape(centers.n_centers, V.itemsize)
+    strip_rows = max(16, STRIP_TILES * rows * cols // centers.n_centers)
+    _normal_pass(_kernel_operands(centers, centers.transform(X)), strip_rows, V, out)
     return out
 
 
 def gradient_terms(
-    prepared: PreparedKernel, rows: TransformedRows, weighted_centers: Any, coef: Any
+    centers: KernelCenters, rows: TransformedRows, weighted_centers: Any, coef: Any
 ) -> tuple[Any, Any]:
     """``W weighted_centers`` and ``W coef`` of transformed rows, ``W`` their gradient weights, by
     tiles (:func:`_gradient_pass`): the two GEMMs of :func:`rfmdist.agop.transformed_gradients`.
 
     Parameters
     ----------
-    prepared : PreparedKernel
+    centers : KernelCenters
+        The kernel and its m centers.
     rows : TransformedRows
         The b rows.
     weighted_centers : array, shape (m, c * d)
@@ -682,13 +690,13 @@ def gradient_terms(
     # A panel is one tile while the products' output (rows x c d) stays in cache with it; with more
     # gradient columns it spans all centers (a strip of rows), so that the output of c d columns is
     # written once per strip, not once per tile.
-    tile_rows, cols = tile_shape(prepared.n_centers, itemsize)
+    tile_rows, cols = tile_shape(centers.n_centers, itemsize)
     panel = cols
     if weighted_centers.shape[1] > GRADIENT_TILE_COLUMNS:
-        by_bytes = GRADIENT_STRIP_BYTES // (prepared.n_centers * itemsize)
-        tile_rows, panel = max(16, min(TILE_ROWS, by_bytes)), prepared.n_centers
+        by_bytes = GRADIENT_STRIP_BYTES // (centers.n_centers * itemsize)
+        tile_rows, panel = max(16, min(TILE_ROWS, by_bytes)), centers.n_centers
     _gradient_pass(
-        _kernel_operands(prepared, rows),
+        _kernel_operands(centers, rows),
         tile_rows,
         cols,
         panel,

@@ -10,9 +10,11 @@ its ``m`` centers) and offers, without ever holding more than one row block of t
 - ``gram_and_rmatvec(U)`` ``K^T K`` and ``K^T U`` (m, m) and (m, c), one pass
 - ``agop_sum(coef)``    ``sum_x J(x)^T J(x)``   (d, d) or (d,), float64
 
-:class:`BlockedKernelOperator` loops over row blocks of an in-memory NumPy/CuPy array;
-:class:`DaskKernelOperator` runs one graph per pass over a row-chunked Dask array and adds the per-chunk
-partial results by a tree reduction. Both use the same block functions and offer the same passes
+:class:`BlockedKernelOperator` loops over row blocks of an in-memory NumPy/CuPy array, by a strategy
+chosen once per operator (:func:`block_strategy`): the whole kernel kept, the fused backend's CPU tiles,
+or one kernel block per row block; :class:`DaskKernelOperator` runs one graph per pass over a
+row-chunked Dask array and adds the per-chunk partial results by a tree reduction (each chunk's part by
+a :class:`BlockedKernelOperator`). Both use the same block functions and offer the same passes
 (:class:`KernelOperator`); :func:`kernel_operator` is the one place that picks one for the rows.
 
 Products are computed in the kernel's dtype and returned in the dtype of ``V`` (float64 solver state over
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rfmdist import memory
+from rfmdist import fused, memory
 from rfmdist.agop import (
     GradientOperand,
     original_accumulation,
@@ -210,6 +212,10 @@ def kernel_operator(
 class BlockedKernelOperator:
     """Kernel passes over an in-memory array, one row block at a time.
 
+    How the passes get their kernel is chosen once, when the operator is made (:attr:`strategy`,
+    :func:`block_strategy`): the whole kernel kept (``cache``), the fused backend's CPU tiles, or one
+    kernel block per row block.
+
     Parameters
     ----------
     X : array, shape (n, d)
@@ -228,6 +234,11 @@ class BlockedKernelOperator:
     workspace : Workspace, optional
         Where :meth:`dense` writes the whole kernel (the array ``"kernel"``, reused by the next
         round's operator: no page faults for a fresh ``n x m`` array).
+
+    Attributes
+    ----------
+    strategy : KernelBlocks, FusedTiles or CachedKernel
+        What every pass of this operator runs (:class:`BlockStrategy`).
     """
 
     def __init__(
@@ -254,6 +265,7 @@ class BlockedKernelOperator:
             prepared.n_centers, itemsize, memory.block_bytes(device)
         )
         self._cached: Any = kernel
+        self.strategy: BlockStrategy = block_strategy(self)
 
     @property
     def n_rows(self) -> int:
@@ -266,48 +278,10 @@ class BlockedKernelOperator:
             for start in range(0, self.n_rows, self.block_rows)
         ]
 
-    def _kernel_rows(self, rows: slice) -> Any:
-        """The kernel block of ``rows`` (from the cache once it is filled)."""
-        if self._cached is not None:
-            return self._cached[rows]
-        return self.prepared.block(self.X[rows])
-
-    def _map(self, func: Any) -> list[Any]:
-        """``func(rows, kernel block)`` for every row block, on :attr:`workers` threads, in order."""
-        if self.cache and self._cached is None:
-            self._cached = self.dense()
-        return map_blocks(
-            lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
-        )
-
-    def _sum(self, func: Any) -> Any:
-        """The sum of ``func(rows, kernel block)`` over the row blocks, with one partial sum per
-        thread (:func:`rfmdist.threads.sum_blocks`)."""
-        if self.cache and self._cached is None:
-            self._cached = self.dense()
-        return sum_blocks(
-            lambda rows: func(rows, self._kernel_rows(rows)), self._slices(), self.workers
-        )
-
-    def _tiled(self) -> bool:
-        """True when products run on cache-sized tiles and never form a kernel block: the fused
-        backend on the CPU, with no kernel kept."""
-        return not self.cache and self.prepared.fused_tiles
-
-    def _agop_rows(self, n_outputs: int) -> int:
-        """Rows per block of an AGOP pass.
-
-        The reference path's block holds a few (b x m) temporaries, so a quarter of
-        :attr:`block_rows`; the fused path's only its gradients (b x c x d, a few copies), so up to
-        :data:`AGOP_FUSED_ROWS` rows as fit :data:`AGOP_GRADIENT_BYTES` with them (the gradients'
-        GEMMs stream the m x c d weighted centers once per block: the more rows, the less memory
-        traffic). Never a function of the threads: the blocks' partial sums are added in their
-        order, and a resumed fit with other threads must add the same ones."""
-        if not self.prepared.fused_tiles:
-            return max(16, self.block_rows // 4)
-        d = self.prepared.centers_t.shape[1]
-        by_memory = AGOP_GRADIENT_BYTES // (4 * 8 * max(1, n_outputs * d))
-        return max(16, min(by_memory, AGOP_FUSED_ROWS))
+    def _sum(self, func: Callable[[slice], Any]) -> Any:
+        """The sum of ``func(rows)`` over the row blocks, with one partial sum per thread
+        (:func:`rfmdist.threads.sum_blocks`)."""
+        return sum_blocks(func, self._slices(), self.workers)
 
     def dense(self) -> Any:
         """The whole kernel ``K(X, Z)``, shape (n, m), built block by block."""
@@ -336,74 +310,22 @@ class BlockedKernelOperator:
             self.X, self.prepared.subset(centers), workers=self.workers
         ).dense()
 
-    def _whole(self) -> Any:
-        """The cached kernel when passes may use it whole (one BLAS call on the BLAS threads is
-        faster than a Python loop over row blocks), else None."""
-        if not self.cache:
-            return None
-        if self._cached is None:
-            self._cached = self.dense()
-        return self._cached
-
     def matvec(self, V: Any) -> Any:
         """``K(X, Z) V``; V shape (m, c), result (n, c) in V's dtype."""
-        K = self._whole()
-        if K is not None:
-            return _block_matvec(K, V).astype(V.dtype, copy=False)
-        xp = get_namespace(V)
-        out = xp.empty((self.n_rows, V.shape[1]), dtype=V.dtype)
-        if self._tiled():
-            from rfmdist import fused
-
-            def tiles(rows: slice) -> None:
-                out[rows] = fused.matvec(self.prepared, self.X[rows], V)
-
-            map_blocks(tiles, self._slices(), self.workers)
-            return out
-
-        def product(rows: slice, K: Any) -> None:
-            out[rows] = _block_matvec(K, V)
-
-        self._map(product)
-        return out
+        return self.strategy.matvec(V).astype(V.dtype, copy=False)
 
     def rmatvec(self, U: Any) -> Any:
         """``K(X, Z)^T U``; U shape (n, c), result (m, c) in U's dtype."""
-        K = self._whole()
-        if K is not None:
-            return _block_rmatvec(K, U).astype(U.dtype, copy=False)
-        if self._tiled():
-            from rfmdist import fused
-
-            total = sum_blocks(
-                lambda rows: fused.rmatvec(self.prepared, self.X[rows], U[rows]),
-                self._slices(),
-                self.workers,
-            )
-        else:
-            total = self._sum(lambda rows, K: _block_rmatvec(K, U[rows]))
-        return total.astype(U.dtype, copy=False)
+        return self.strategy.rmatvec(U).astype(U.dtype, copy=False)
 
     def normal_matvec(self, V: Any) -> Any:
         """``K^T (K V)``; V shape (m, c), result (m, c) in V's dtype."""
-        K = self._whole()
-        if K is not None:
-            return _block_normal(K, V).astype(V.dtype, copy=False)
-        if self._tiled():
-            from rfmdist import fused
-
-            total = sum_blocks(
-                lambda rows: fused.normal_matvec(self.prepared, self.X[rows], V),
-                self._slices(),
-                self.workers,
-            )
-        else:
-            total = self._sum(lambda rows, K: _block_normal(K, V))
-        return total.astype(V.dtype, copy=False)
+        return self.strategy.normal_matvec(V).astype(V.dtype, copy=False)
 
     def gram(self) -> Any:
         """``K^T K``, shape (m, m), float64 (each block's part by a float64 GEMM)."""
-        return self._sum(lambda rows, K: _block_gram(K))
+        kernel_rows = self.strategy.kernel_rows()
+        return self._sum(lambda rows: _block_gram(kernel_rows(rows)))
 
     def gram_and_rmatvec(self, U: Any) -> tuple[Any, Any]:
         """``K^T K`` (m, m) and ``K^T U`` (m, c) from one pass (each block's kernel once), float64.
@@ -412,7 +334,8 @@ class BlockedKernelOperator:
         ----------
         U : array, shape (n, c)
         """
-        both = self._sum(lambda rows, K: _block_gram_rhs(K, U[rows]))
+        kernel_rows = self.strategy.kernel_rows()
+        both = self._sum(lambda rows: _block_gram_rhs(kernel_rows(rows), U[rows]))
         m = self.prepared.n_centers
         return both[:, :m], both[:, m:]
 
@@ -456,7 +379,7 @@ class BlockedKernelOperator:
         array, shape (k,), (k, k) or (s, c, k) (``s`` rows); float64
         """
         X = self.X if rows is None else self.X[rows]
-        step = self._agop_rows(coef.shape[1])
+        step = self.strategy.agop_rows(coef.shape[1])
         groups = []
         for outputs in output_groups(self.prepared, coef.shape[1], gemm_dtype):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
@@ -487,6 +410,180 @@ class BlockedKernelOperator:
     def lazy_predict(self, coef: Any) -> Any:
         """:meth:`predict` (in-memory rows give computed predictions)."""
         return self.predict(coef)
+
+
+# --- how a BlockedKernelOperator's passes get their kernel: chosen once per operator ---------------
+
+
+class BlockStrategy(Protocol):
+    """What a :class:`BlockedKernelOperator`'s passes run, chosen once by :func:`block_strategy`:
+    :class:`KernelBlocks`, :class:`FusedTiles` or :class:`CachedKernel`.
+
+    ``kernel_rows()`` gives the kernel block of a row block as a function of its rows, called on a
+    pass's threads (what must be ready first, the cached kernel, is made before they start);
+    ``matvec``, ``rmatvec`` and ``normal_matvec`` give ``K V`` (n, c), ``K^T U`` and ``K^T (K V)``
+    (m, c), computed in the kernel's dtype (the operator casts them to the operand's); ``agop_rows``
+    the rows per block of an AGOP pass with ``n_outputs`` outputs.
+    """
+
+    name: str
+
+    def kernel_rows(self) -> Callable[[slice], Any]: ...
+
+    def matvec(self, V: Any) -> Any: ...
+
+    def rmatvec(self, U: Any) -> Any: ...
+
+    def normal_matvec(self, V: Any) -> Any: ...
+
+    def agop_rows(self, n_outputs: int) -> int: ...
+
+
+class KernelBlocks:
+    """One kernel block per row block (:meth:`PreparedKernel.block`: the reference path's array
+    operations, or on a GPU the fused backend's elementwise kernel), each made by the thread that
+    uses it and dropped after its products.
+
+    Parameters
+    ----------
+    op : BlockedKernelOperator
+        Whose rows, kernel, row blocks and threads the passes use.
+    """
+
+    name = "blocks"
+
+    def __init__(self, op: BlockedKernelOperator) -> None:
+        self.op = op
+
+    def _block(self, rows: slice) -> Any:
+        return self.op.prepared.block(self.op.X[rows])
+
+    def kernel_rows(self) -> Callable[[slice], Any]:
+        """The kernel block of a row block, made from its rows."""
+        return self._block
+
+    def block_matvec(self, rows: slice, V: Any) -> Any:
+        """``K[rows] V``."""
+        return _block_matvec(self._block(rows), V)
+
+    def block_rmatvec(self, rows: slice, U: Any) -> Any:
+        """``K[rows]^T U``, ``U`` the block's rows of the operand."""
+        return _block_rmatvec(self._block(rows), U)
+
+    def block_normal(self, rows: slice, V: Any) -> Any:
+        """``K[rows]^T (K[rows] V)``."""
+        return _block_normal(self._block(rows), V)
+
+    def matvec(self, V: Any) -> Any:
+        """``K V`` (n, c) in V's dtype, each row block's product written in its place."""
+        out = get_namespace(V).empty((self.op.n_rows, V.shape[1]), dtype=V.dtype)
+
+        def product(rows: slice) -> None:
+            out[rows] = self.block_matvec(rows, V)
+
+        map_blocks(product, self.op._slices(), self.op.workers)
+        return out
+
+    def rmatvec(self, U: Any) -> Any:
+        """``K^T U`` (m, c), the row blocks' parts added."""
+        return self.op._sum(lambda rows: self.block_rmatvec(rows, U[rows]))
+
+    def normal_matvec(self, V: Any) -> Any:
+        """``K^T (K V)`` (m, c), the row blocks' parts added."""
+        return self.op._sum(lambda rows: self.block_normal(rows, V))
+
+    def agop_rows(self, n_outputs: int) -> int:
+        """A quarter of the operator's :attr:`~BlockedKernelOperator.block_rows`: a block of the
+        gradients' weights holds a few (b x m) temporaries.
+
+        Never a function of the threads (nor is :meth:`FusedTiles.agop_rows`): the blocks' partial
+        sums are added in their order, and a resumed fit with other threads must add the same ones.
+        """
+        return max(16, self.op.block_rows // 4)
+
+
+class FusedTiles(KernelBlocks):
+    """The fused backend's CPU tiles (:mod:`rfmdist.fused`): the products of a row block are made
+    tile by tile and its kernel block is never formed (the Gram passes, which want the block, take it
+    from :meth:`PreparedKernel.block`, itself on tiles)."""
+
+    name = "tiles"
+
+    def block_matvec(self, rows: slice, V: Any) -> Any:
+        """``K[rows] V`` by :func:`rfmdist.fused.matvec`."""
+        return fused.matvec(self.op.prepared, self.op.X[rows], V)
+
+    def block_rmatvec(self, rows: slice, U: Any) -> Any:
+        """``K[rows]^T U`` by :func:`rfmdist.fused.rmatvec`."""
+        return fused.rmatvec(self.op.prepared, self.op.X[rows], U)
+
+    def block_normal(self, rows: slice, V: Any) -> Any:
+        """``K[rows]^T (K[rows] V)`` by :func:`rfmdist.fused.normal_matvec`."""
+        return fused.normal_matvec(self.op.prepared, self.op.X[rows], V)
+
+    def agop_rows(self, n_outputs: int) -> int:
+        """Up to :data:`AGOP_FUSED_ROWS` rows, as many as fit :data:`AGOP_GRADIENT_BYTES` with their
+        gradients (b x c x d, a few copies): a tiled block holds no (b x m) array, and the gradients'
+        GEMMs stream the m x c d weighted centers once per block, so the more rows the less memory
+        traffic."""
+        d = self.op.prepared.centers_t.shape[1]
+        by_memory = AGOP_GRADIENT_BYTES // (4 * 8 * max(1, n_outputs * d))
+        return max(16, min(by_memory, AGOP_FUSED_ROWS))
+
+
+class CachedKernel:
+    """The whole ``n x m`` kernel, made by the first pass (:meth:`BlockedKernelOperator.dense`) and
+    kept: a product is one BLAS call on the BLAS threads (faster than a Python loop over row blocks),
+    and the Gram passes take their row blocks from it.
+
+    Parameters
+    ----------
+    op : BlockedKernelOperator
+    uncached : KernelBlocks
+        The strategy the operator would have without the cache: the AGOP's, whose gradients are not
+        the kernel's values.
+    """
+
+    name = "cached"
+
+    def __init__(self, op: BlockedKernelOperator, uncached: KernelBlocks) -> None:
+        self.op = op
+        self.uncached = uncached
+
+    def kernel(self) -> Any:
+        """The whole kernel, shape (n, m), made on first use."""
+        if self.op._cached is None:
+            self.op._cached = self.op.dense()
+        return self.op._cached
+
+    def kernel_rows(self) -> Callable[[slice], Any]:
+        """The kernel block of a row block, cut from the whole kernel."""
+        kernel = self.kernel()
+        return lambda rows: kernel[rows]
+
+    def matvec(self, V: Any) -> Any:
+        """``K V``, one product."""
+        return _block_matvec(self.kernel(), V)
+
+    def rmatvec(self, U: Any) -> Any:
+        """``K^T U``, one product."""
+        return _block_rmatvec(self.kernel(), U)
+
+    def normal_matvec(self, V: Any) -> Any:
+        """``K^T (K V)``, two products."""
+        return _block_normal(self.kernel(), V)
+
+    def agop_rows(self, n_outputs: int) -> int:
+        """The uncached strategy's (:attr:`uncached`)."""
+        return self.uncached.agop_rows(n_outputs)
+
+
+def block_strategy(op: BlockedKernelOperator) -> BlockStrategy:
+    """The strategy of ``op``'s passes: :class:`CachedKernel` when it keeps the kernel
+    (``op.cache``); else :class:`FusedTiles` where its kernel runs on the fused backend's CPU tiles
+    (:attr:`PreparedKernel.fused_tiles`); else :class:`KernelBlocks`."""
+    uncached = FusedTiles(op) if op.prepared.fused_tiles else KernelBlocks(op)
+    return CachedKernel(op, uncached) if op.cache else uncached
 
 
 class DaskKernelOperator:

@@ -9,6 +9,12 @@ the smallest normal number for kernel entries.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -227,6 +233,38 @@ def test_backend_choice_and_its_errors(monkeypatch):
         prepare_kernel(np.eye(3), np.ones(3))
     with pytest.raises(ValueError, match=r"backend in .*found 'numexpr'"):
         kernel_backend("numexpr")
+
+
+IMPORT_FUSED_ALONE = textwrap.dedent(
+    """
+    import json, sys, types
+
+    # The package without its __init__ (which imports the estimators, and with them every module).
+    package = types.ModuleType("rfmdist")
+    package.__path__ = [sys.argv[1]]
+    sys.modules["rfmdist"] = package
+    import rfmdist.fused
+
+    print(json.dumps(sorted(name for name in sys.modules if name.startswith("rfmdist"))))
+    """
+)
+
+
+def test_fused_imports_nothing_of_the_kernels_module():
+    """rfmdist.fused depends on rfmdist.distances, not on rfmdist.kernels (which imports fused): in
+    a fresh interpreter, importing it loads no rfmdist.kernels, and importing either first works."""
+    package = Path(fused.__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_FUSED_ALONE, str(package)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(json.loads(done.stdout))
+    assert {"rfmdist.fused", "rfmdist.distances"} <= loaded
+    assert "rfmdist.kernels" not in loaded, sorted(loaded)
+    for first in ("rfmdist.fused", "rfmdist.kernels"):
+        subprocess.run([sys.executable, "-c", f"import {first}"], cwd=package.parent, check=True)
 
 
 def test_tiles_follow_the_cache(monkeypatch, tmp_path):

@@ -74,6 +74,28 @@ def test_blocked_operator(problem, block_rows, cache, workers):
     assert_operator_matches_dense(op, problem, U)
 
 
+@pytest.mark.parametrize(
+    ("backend", "cache", "strategy"),
+    [
+        ("fused", False, "tiles"),
+        ("reference", False, "blocks"),
+        ("fused", True, "cached"),
+        ("reference", True, "cached"),
+    ],
+)
+def test_blocked_operator_chooses_its_strategy_once(problem, backend, cache, strategy):
+    """The operator picks what its passes run when it is made: the cached kernel, the fused CPU
+    tiles or kernel blocks; every pass matches the dense kernel whichever it is, and a cached
+    operator's AGOP blocks are those of the strategy it would have without the cache."""
+    X, Z, M, *_, U = problem
+    kernel = prepare_kernel(Z, M, kernel="laplace", bandwidth=3.0, backend=backend)
+    op = BlockedKernelOperator(X, kernel, cache=cache, block_rows=100, workers=2)
+    assert op.strategy.name == strategy
+    uncached = BlockedKernelOperator(X, kernel, block_rows=100)
+    assert op.strategy.agop_rows(3) == uncached.strategy.agop_rows(3)
+    assert_operator_matches_dense(op, problem, U)
+
+
 def test_agop_operand_groups_outputs_to_bound_its_memory(problem, monkeypatch):
     """With room for one output's weighted centers, the AGOP runs output by output: same sum."""
     import rfmdist.operators as operators
