@@ -27,7 +27,7 @@ import numpy as np
 from rfmdist import memory
 from rfmdist.centers import AllRows, selector_for
 from rfmdist.dask_cluster import chunk_rows_for, n_workers
-from rfmdist.sizing import auto_centers, fit_capacity
+from rfmdist.sizing import CentersChoice, auto_centers, fit_capacity
 
 logger = logging.getLogger(__name__)
 
@@ -235,13 +235,25 @@ def _auto_count(
     if previous is not None:
         m = previous.n_centers or min(rounds_rows, FORMAT_1_AUTO_CENTERS)
         return (None if m >= rounds_rows else m), "stored"
-    choice = auto_centers(
-        rounds_rows,
-        n_features,
-        capacity,
-        memory.available_bytes(settings.rounds.device),
-        worker_bytes=None if client is None else memory.worker_bytes(client),
-        split_every=settings.rounds.split_every,
-    )
+    choice = centers_choice(settings, rounds_rows, n_features, client, capacity)
     logger.info("centers='auto': %s", choice.describe(rounds_rows))
     return choice.n_centers, choice.bound
+
+
+def centers_choice(
+    settings: Any, n_rows: int, n_features: int, client: Any = None, capacity: Any = None
+) -> CentersChoice:
+    """What ``centers='auto'`` means for a new fit of ``n_rows`` rows on this machine or the
+    cluster of ``client`` (:func:`rfmdist.sizing.auto_centers`), in the settings' device and
+    dtype (``capacity``: :func:`rfmdist.sizing.fit_capacity`'s, when known)."""
+    rounds = settings.rounds
+    if capacity is None:
+        capacity = fit_capacity(rounds.device, rounds.dtype, client)
+    return auto_centers(
+        n_rows,
+        n_features,
+        capacity,
+        memory.available_bytes(rounds.device),
+        worker_bytes=None if client is None else memory.worker_bytes(client),
+        split_every=rounds.split_every,
+    )

@@ -244,6 +244,21 @@ def test_factored_gpu_fit_equals_cpu_fit(cp):
     assert_close(gpu.predict(X), cpu.predict(X), np.float64, rtol=AGOP_RTOL)
 
 
+def test_the_gpu_plan_is_the_fit_carried_out(tmp_path):
+    """On a GPU the plan (device, dtype from the measured rates, centers from the GPU's capacity)
+    that estimator.plan gives is the one the fit stores and follows."""
+    from rfmdist.store import read_store
+
+    X, y = product_task(3_000, 6, seed=0)
+    est = RFMRegressor(iters=1, device="gpu", random_state=0)
+    planned = est.plan(X.shape)
+    est.fit(X, y, store=tmp_path / "m.zarr")
+    assert planned.device == "gpu" and est.plan_ == planned
+    assert read_store(tmp_path / "m.zarr").plan == planned.record()
+    assert est.history_[0]["n_centers"] == planned.centers
+    assert est.history_[0]["dtype"] == planned.dtype
+
+
 def test_predict_returns_the_input_array_type(cp):
     X, y = product_task(400, 4, seed=0)
     model = RFMRegressor(iters=1, device="gpu", random_state=0).fit(X, y)
@@ -414,7 +429,7 @@ def test_a_float32_round_too_coarse_for_its_system_runs_in_float64_on_the_gpu(cp
 
 
 def test_the_default_dtype_and_centers_follow_the_gpus_measured_rates(cp):
-    from rfmdist.pipeline import centers_choice
+    from rfmdist.plan import centers_choice
     from rfmdist.precision import dtype_for_rates
     from rfmdist.solvers.costs import gemm_rates
     from rfmdist.threads import blas_threads

@@ -83,10 +83,12 @@ def test_plan_fit_keeps_a_dask_inputs_chunks_and_sizes_in_memory_rows_for_no_clu
     assert given.chunk_rows == 250
 
 
-@pytest.mark.parametrize("with_val", [False, True])
-def test_cli_chunks_by_the_plan_the_fit_stores(small_reference, tmp_path, monkeypatch, with_val):
-    """``rfmdist fit`` on a real 2-worker local cluster: the plan it chunked the data by (asked of
-    the estimator before the fit) is the plan the fit stored, with the cluster's workers."""
+@pytest.mark.parametrize(("workers", "with_val"), [(1, False), (2, False), (2, True)])
+def test_cli_chunks_by_the_plan_the_fit_stores(
+    small_reference, tmp_path, monkeypatch, workers, with_val
+):
+    """``rfmdist fit`` on a real local cluster: the plan it chunked the data by (asked of the
+    estimator before the fit) is the plan the fit stored, with the cluster's workers."""
     asked = []
     original = _RFMBase.plan
 
@@ -99,14 +101,14 @@ def test_cli_chunks_by_the_plan_the_fit_stores(small_reference, tmp_path, monkey
     X, y = product_task(1_200, 5, seed=3)
     np.savez(tmp_path / "train.npz", X=X, y=y)
     argv = ["fit", "--train", str(tmp_path / "train.npz"), "--out", str(tmp_path / "m.zarr"),
-            "--workers", "2", "--threads-per-worker", "1", "--iters", "1"]  # fmt: skip
+            "--workers", str(workers), "--threads-per-worker", "1", "--iters", "1"]  # fmt: skip
     if with_val:
         X_val, y_val = product_task(200, 5, seed=4)
         np.savez(tmp_path / "val.npz", X=X_val, y=y_val)
         argv += ["--val", str(tmp_path / "val.npz")]
     assert main(argv) == 0
     (planned,) = asked
-    assert planned.workers == 2 and planned.chunk_rows is not None
+    assert planned.workers == workers and planned.chunk_rows is not None
     assert read_store(tmp_path / "m.zarr").plan == planned.record()
     assert planned.held_out_rows == (0 if with_val else 120)
 
