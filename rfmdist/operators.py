@@ -45,6 +45,7 @@ from rfmdist.threads import (
     compute_dask,
     map_blocks,
     ordered_sum,
+    ordered_sum_blocks,
     sum_blocks,
 )
 
@@ -383,22 +384,22 @@ class BlockedKernelOperator:
         groups = []
         for outputs in output_groups(self.prepared, coef.shape[1], gemm_dtype):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
-            parts = map_blocks(
-                lambda start, operand=operand, outputs=outputs: transformed_agop_sum(
+
+            def block(start: int, operand: Any = operand, outputs: slice = outputs) -> Any:
+                return transformed_agop_sum(
                     self.prepared,
                     X[start : start + step],
                     coef[:, outputs],
                     accumulate=accumulate,
                     operand=operand,
-                ),
-                range(0, X.shape[0], step),
-                self.workers,
-            )
-            groups.append(
-                get_namespace(parts[0]).concatenate(parts, axis=0)
-                if accumulate == "stack"
-                else ordered_sum(parts)
-            )
+                )
+
+            starts = range(0, X.shape[0], step)
+            if accumulate == "stack":
+                parts = map_blocks(block, starts, self.workers)
+                groups.append(get_namespace(parts[0]).concatenate(parts, axis=0))
+            else:  # the blocks' partial sums added in order, a few held at a time
+                groups.append(ordered_sum_blocks(block, starts, self.workers))
         if accumulate == "stack":
             return get_namespace(groups[0]).concatenate(groups, axis=1)
         return ordered_sum(groups)
@@ -841,7 +842,8 @@ class DaskKernelOperator:
                 chunks=((1,) * n_chunks, *((s,) for s in shape)),
                 dtype=np.float64,
                 meta=meta[None] if len(shape) == 2 else meta,
-            )
+            ),
+            squares=accumulate == "gram",  # k x k partials, added in pairs as a Gram pass's
         )
 
     def predict(self, coef: Any) -> Any:

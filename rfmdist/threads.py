@@ -139,6 +139,25 @@ def sum_blocks(func: Callable[[Item], Any], items: Sequence[Item], workers: int)
     return ordered_sum(map_blocks(run_total, runs, len(runs)))
 
 
+def ordered_sum_blocks(func: Callable[[Item], Any], items: Sequence[Item], workers: int) -> Any:
+    """``sum(func(item) for item in items)`` added in the items' order (as :func:`ordered_sum` of
+    :func:`map_blocks`: the same result whatever ``workers``), computing ``workers`` items at a
+    time so that at most that many results wait to be added (a ``k x k`` partial AGOP of wide data
+    is a gigabyte).
+
+    Examples
+    --------
+    >>> ordered_sum_blocks(lambda x: x * x, [1, 2, 3, 4, 5], workers=2)
+    55
+    """
+    window = max(1, workers)
+    total = None
+    for start in range(0, len(items), window):
+        for part in map_blocks(func, items[start : start + window], workers):
+            total = part if total is None else total + part
+    return total
+
+
 def ordered_sum(parts: Sequence[Any]) -> Any:
     """Sum of ``parts`` from first to last (a fixed order, whatever thread computed each part)."""
     total = parts[0]

@@ -205,3 +205,28 @@ def test_wide_fit_peak_memory_and_no_dense_matrix(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["forms"] == ["identity", "factor"] and result["dim"] <= 200
     assert result["peak"] < 1e9, f"peak RSS {result['peak'] / 1e9:.2f} GB"
+
+
+def test_agop_partial_sums_are_added_a_few_at_a_time():
+    """The k x k partial AGOPs of wide data are a gigabyte each (k = 12,600 for 1,260 images of 10
+    classes): they are added in order as they come, never all held at once (which ran a 24 GB
+    machine out of memory), and the sum is the in-order sum whatever the threads."""
+    import weakref
+
+    from rfmdist.threads import ordered_sum, ordered_sum_blocks
+
+    live: set[int] = set()
+    most = [0]
+
+    def part(i: int) -> np.ndarray:
+        value = np.full(4, float(i)) / 3.0
+        live.add(i)
+        weakref.finalize(value, live.discard, i)
+        most[0] = max(most[0], len(live))
+        return value
+
+    items = list(range(40))
+    total = ordered_sum_blocks(part, items, workers=2)
+    assert most[0] <= 4  # a window of 2 results (and the running total's last parts)
+    np.testing.assert_array_equal(total, ordered_sum([np.full(4, float(i)) / 3.0 for i in items]))
+    np.testing.assert_array_equal(total, ordered_sum_blocks(part, items, workers=1))
