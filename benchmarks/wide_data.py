@@ -25,7 +25,7 @@ The kinds:
 
 The forms: ``auto`` runs with no ``RFMDIST_METRIC`` in the environment (what users get),
 ``dense`` and ``factored`` with ``RFMDIST_METRIC`` set to that form. Every cell runs in a fresh
-child process (``--one``), so its peak RSS (``ru_maxrss``) is its own; the parent stops a child
+child process (``--one``), so its peak RSS (``VmHWM``, :func:`own_peak_kib`) is its own; the parent stops a child
 after ``--timeout`` seconds and records the last line of a failing child's error. A skipped cell
 says why: dense M above ``--skip-dense-above`` features, X alone over 40% of the machine's memory,
 or the same kind and form timed out (or was killed) on a cell no larger in n and d. Before the
@@ -190,6 +190,16 @@ def metric_summary(history: Sequence[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def own_peak_kib() -> int:
+    """This process's peak resident set size so far, KiB (``VmHWM``: its own memory since its
+    ``exec``; ``ru_maxrss`` would count the parent's that it was forked from)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run_one(kind: str, n: int, d: int) -> dict[str, Any]:
     """Fit one cell in this process (the form comes from the environment); its measurements.
 
@@ -203,7 +213,8 @@ def run_one(kind: str, n: int, d: int) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``fit_seconds`` (``fit`` only), ``peak_rss_kib`` (``ru_maxrss`` at the end),
+        ``fit_seconds`` (``fit`` only), ``fit_peak_rss_kib`` (:func:`own_peak_kib` after ``fit``: data
+        and fit), ``peak_rss_kib`` (at the end, after the test predictions),
         ``data_rss_kib`` (before ``fit``), ``score`` and ``score_name``, ``n_train``, ``d_used``,
         ``rounds``, ``best_iter``, ``metric`` (summary of ``history_``) and ``metrics`` (the raw
         ``history_[t]["metric"]`` records).
@@ -223,10 +234,11 @@ def run_one(kind: str, n: int, d: int) -> dict[str, Any]:
         X_test, y_test = synthetic(TEST_ROWS, d, seed=1)
         params = {"iters": 1} if kind == "synthetic-iters1" else {}
         model = RFMRegressor(random_state=0, **params)
-    data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    data_rss = own_peak_kib()
     start = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - start
+    fit_rss = own_peak_kib()
     pred = model.predict(X_test)
     result: dict[str, Any] = {"fit_seconds": seconds, "n_train": len(X), "d_used": X.shape[1]}
     if kind == "digits":
@@ -244,7 +256,8 @@ def run_one(kind: str, n: int, d: int) -> dict[str, Any]:
         metric=metric_summary(history),
         metrics=[record.get("metric") for record in history],
         data_rss_kib=data_rss,
-        peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        fit_peak_rss_kib=fit_rss,
+        peak_rss_kib=own_peak_kib(),
     )
     return result
 
@@ -386,6 +399,7 @@ def table_row(cell: Cell) -> list[object]:
         cell["form"],
         cell.get("metric", "-"),
         f"{cell['fit_seconds']:.1f}" if "fit_seconds" in cell else "-",
+        f"{cell['fit_peak_rss_kib'] / 1024**2:.2f}" if "fit_peak_rss_kib" in cell else "-",
         f"{peak_kib / 1024**2:.2f}" if peak_kib is not None else "-",
         f"{cell['score']:.4f} ({cell['score_name']})" if "score" in cell else "-",
         "; ".join(notes),
@@ -399,7 +413,8 @@ HEADER = [
     "form",
     "metric form used & rank (history_)",
     "fit s",
-    "peak RSS GB",
+    "peak RSS GB (data + fit)",
+    "peak RSS GB (+ predict)",
     "test score",
     "note",
 ]
@@ -480,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(HEADER, [table_row(cell) for cell in cells])
     legend = (
         "Test score: R^2 on 1,000 held-out rows (synthetic, y = x0) or accuracy on 397 held-out "
-        "images (digits). Peak RSS: the child process's ru_maxrss (data, fit and predict); "
+        "images (digits). Peak RSS: the child process's VmHWM (data, fit and predict); "
         "'sampled' when the child did not finish (its VmHWM polled every 0.2 s). Form 'auto': no "
         f"{METRIC_ENV_VAR} set; 'dense' / 'factored': {METRIC_ENV_VAR} set to it."
     )
