@@ -520,7 +520,13 @@ class FitPipeline:
         if self.checkpoint is not None and self.checkpoint.finished:
             return FitResult.from_stored(previous)
         plan = self.plan(X, has_validation=validation is not None, previous=previous)
-        target_scaling = Standardizer.fit(targets.Y) if targets.scale else Standardizer()
+        target_scaling = (
+            previous.target_scaling
+            if previous is not None
+            else Standardizer.fit(targets.Y)
+            if targets.scale
+            else Standardizer()
+        )
         Y = target_scaling.transform(targets.Y, np.float64)
         seed = self._seed(previous)
         config = dataclasses.replace(
@@ -537,7 +543,9 @@ class FitPipeline:
         )
         X, Y = self._device_rows(X, Y, config, plan)
         preprocessing = (
-            Standardizer.from_statistics(statistics)
+            previous.preprocessing
+            if previous is not None
+            else Standardizer.from_statistics(statistics)
             if self.settings.standardize
             else Standardizer()
         )
@@ -636,12 +644,16 @@ class FitPipeline:
     @staticmethod
     def _device_rows(X: Any, Y: Any, config: RoundConfig, plan: FitPlan) -> tuple[Any, Any]:
         """Rows and targets where the passes run: on the device, and as Dask arrays in the plan's
-        row chunks when a distributed client is active (so that the workers run the passes)."""
+        row chunks when a distributed client is active (so that the workers run the passes); a
+        Dask input in another chunking (a resumed run's data) is brought to the plan's, whose
+        reductions the run's sums follow."""
         import dask.array as da
 
         if not is_dask_array(X) and plan.chunk_rows is not None:
             X = da.from_array(to_numpy(X), chunks=(plan.chunk_rows, X.shape[1]))
             Y = da.from_array(to_numpy(Y), chunks=(plan.chunk_rows, Y.shape[1]))
+        elif is_dask_array(X) and plan.chunk_rows not in (None, X.chunks[0][0]):
+            X = X.rechunk({0: plan.chunk_rows})
         return on_device(X, config.device), Y
 
     @staticmethod

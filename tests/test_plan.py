@@ -123,3 +123,26 @@ def test_classifier_plans_like_the_regressor_for_the_same_shape():
     """The plan depends on the data's shape and the settings, not on the task."""
     shape = (800, 7)
     assert RFMClassifier(random_state=0).plan(shape) == RFMRegressor(random_state=0).plan(shape)
+
+
+def test_a_resumed_dask_run_keeps_its_row_chunks(tmp_path):
+    """A run fitted on Dask rows in chunks of 300, resumed with the same rows in chunks of 500,
+    runs on its planned chunks (its AGOP's sums reduce over them) and equals the uninterrupted
+    run."""
+    import dask
+    import dask.array as da
+
+    X, y = product_task(900, 5, seed=5)
+    params = {"iters": 2, "random_state": 0, "n_iter_no_change": None}
+    path = tmp_path / "m.zarr"
+    with dask.config.set(scheduler="threads"):
+        reference = RFMRegressor(**params).fit(da.from_array(X, chunks=(300, 5)), y)
+        RFMRegressor(**params).fit(
+            da.from_array(X, chunks=(300, 5)), y, store=path, callback=lambda o: o.round == 0
+        )
+        resumed = RFMRegressor(**params).fit(
+            da.from_array(X, chunks=(500, 5)), y, store=path, resume=True
+        )
+    assert reference.plan_.chunk_rows == resumed.plan_.chunk_rows == 300
+    np.testing.assert_array_equal(resumed.M_, reference.M_)
+    np.testing.assert_array_equal(resumed.predict(X), reference.predict(X))

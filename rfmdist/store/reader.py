@@ -75,6 +75,11 @@ class StoredRun:
     next_metric : Metric or None
         ``M_R``, the next round's feature matrix (runs in progress; None when complete).
     classes : numpy.ndarray or None
+    data_vectors : dict of str to numpy.ndarray
+        The data fingerprint's per-column sums.
+    preprocessing, target_scaling : Standardizer
+        The run's (a resumed run keeps them: computed again from data in other chunks they could
+        differ in their last bits).
     """
 
     attrs: dict[str, Any]
@@ -84,6 +89,8 @@ class StoredRun:
     next_metric: Metric | None
     classes: np.ndarray | None
     data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    preprocessing: Standardizer = field(default_factory=Standardizer)
+    target_scaling: Standardizer = field(default_factory=Standardizer)
 
     @property
     def refit(self) -> dict[str, Any] | None:
@@ -308,6 +315,8 @@ def _read_contents(group: Any, location: StoreLocation, attrs: dict[str, Any]) -
         attrs=attrs,
         params=params_from_store(params_json, group, location, d),
         machine=machine,
+        preprocessing=preprocessing,
+        target_scaling=target_scaling,
         metric_history=metric_history,
         next_metric=metrics[rounds] if needed > rounds else None,
         classes=_read_classes(group, location, data.get("classes")),
