@@ -24,6 +24,11 @@ columns; :meth:`Metric.agop_plan`): as the diagonal, as the ``k x k`` Gram matri
 transformed gradients, or as the transformed gradients themselves (``stack``, when ``s c < k``),
 and mapped back to ``d`` coordinates once, by :meth:`Metric.next_from_gradients`.
 
+Under the default policy a dense AGOP is also kept as a factor when its *numerical* rank is below
+``d`` (:meth:`Metric.compact`: its eigendecomposition, which its root needs anyway, shows it; image
+data with constant pixels, or outputs x points below ``d``): the same ``M`` to float64 resolution,
+with rows transformed to ``r`` columns.
+
 Which forms a fit may use is the *metric policy* (:func:`metric_policy`, ``$RFMDIST_METRIC``):
 ``'auto'`` (the default: a factor exactly when the rank bound is below ``d``), ``'dense'`` or
 ``'factored'`` (always a factor for a full ``M``), kept so that tests compare the two and
@@ -204,6 +209,30 @@ class Metric:
             return self if top <= 0 else Metric.from_factor(self.values / np.sqrt(top))
         top = float(np.max(self.values)) if self.values.size else 0.0
         return self if top <= 0 else Metric(self.form, self.d, self.values / top)
+
+    def compact(self) -> Metric:
+        """The smallest exact form of a dense ``M``: as its ``r x d`` factor when its numerical rank
+        ``r`` is below ``d`` (eigenvalues beyond ``d`` float64 ulps of the largest: constant pixels,
+        features the predictor ignores, fewer outputs x points than features), else itself with
+        its root (from the same eigendecomposition, which the root needs anyway). Other forms are
+        returned as they are.
+
+        Examples
+        --------
+        >>> factor = Metric.from_array(np.diag([4.0, 1.0, 0.0])).compact()
+        >>> factor.form, factor.values
+        ('factor', array([[2., 0., 0.],
+               [0., 1., 0.]]))
+        """
+        if self.form != "dense":
+            return self
+        evals, evecs = np.linalg.eigh((self.values + self.values.T) / 2)
+        keep = evals > max(evals[-1], 0.0) * self.d * np.finfo(np.float64).eps
+        if int(keep.sum()) < self.d:
+            return Metric.from_factor(np.sqrt(evals[keep])[::-1, None] * evecs[:, keep][:, ::-1].T)
+        rooted = Metric(self.form, self.d, self.values)
+        rooted.__dict__["root"] = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+        return rooted
 
     def record(self) -> dict[str, Any]:
         """JSON-ready summary: form, transformed dimension and bytes."""

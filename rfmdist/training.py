@@ -581,11 +581,10 @@ def agop_metric(
         gemm_dtype=AGOP_GEMM_DTYPE,
     )
     agop = metric.next_from_gradients(to_numpy(total), accumulate, form, points)
-    return agop.normalized(config.normalize_agop), {
-        "rows": points,
-        "accumulate": accumulate,
-        "form": form,
-    }
+    agop = agop.normalized(config.normalize_agop)
+    if config.metric_policy == "auto":
+        agop = agop.compact()
+    return agop, {"rows": points, "accumulate": accumulate, "form": agop.form}
 
 
 def refit_round(

@@ -232,3 +232,20 @@ def test_agop_partial_sums_are_added_a_few_at_a_time():
     assert most[0] <= 4  # a window of 2 results (and the running total's last parts)
     np.testing.assert_array_equal(total, ordered_sum([np.full(4, float(i)) / 3.0 for i in items]))
     np.testing.assert_array_equal(total, ordered_sum_blocks(part, items, workers=1))
+
+
+def test_numerically_low_rank_agop_is_kept_as_its_factor(monkeypatch, float64_agop):
+    """Rows with constant columns (an image's border pixels): the AGOP is null along them, so the
+    default keeps the dense AGOP's eigendecomposition as a factor of its numerical rank (no more
+    than the varying columns) and fits as the dense form does, to 1e-8."""
+    rng = np.random.default_rng(3)
+    X = np.zeros((300, 24))
+    X[:, 6:18] = rng.normal(size=(300, 12))  # 12 varying columns between constant borders
+    y = X[:, 6] * X[:, 7]
+    params = {"iters": 2, "random_state": 0}
+    compact = _fit(monkeypatch, "auto", RFMRegressor(**params), X, y)
+    dense = _fit(monkeypatch, "dense", RFMRegressor(**params), X, y)
+    assert [h["metric"]["form"] for h in compact.history_] == ["identity", "factor", "factor"]
+    assert max(h["metric"]["dim"] for h in compact.history_[1:]) <= 12
+    np.testing.assert_allclose(compact.M_, dense.M_, rtol=FACTORED_TOL, atol=FACTORED_TOL)
+    np.testing.assert_allclose(compact.predict(X), dense.predict(X), rtol=1e-8, atol=1e-10)
