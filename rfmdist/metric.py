@@ -155,7 +155,7 @@ class Metric:
         if self.form == "diagonal":
             return np.sqrt(np.clip(self.values, 0, None))
         if self.form == "factor":
-            return np.ascontiguousarray(self.values.T)
+            return self.values.T  # a view: GEMMs take it transposed, no d x r copy
         return symmetric_root(self.values)
 
     def dense(self) -> np.ndarray:
@@ -297,8 +297,11 @@ class Metric:
             values = total / points
             return Metric("diagonal", self.d, values if S is None else values * S**2)
         if accumulate == "stack":
-            rows = total.reshape(-1, total.shape[-1]) / np.sqrt(points)
-            return Metric.from_factor(rows if S is None else rows @ S.T)
+            rows = total.reshape(-1, total.shape[-1])
+            if S is not None:
+                return Metric.from_factor((rows @ S.T) / np.sqrt(points))
+            rows /= np.sqrt(points)  # the pass's own array: scaled in place
+            return Metric.from_factor(rows)
         gram = total / points
         if next_form == "dense":
             return Metric.from_array(gram if S is None else S @ gram @ S.T)

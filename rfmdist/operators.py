@@ -379,30 +379,36 @@ class BlockedKernelOperator:
         -------
         array, shape (k,), (k, k) or (s, c, k) (``s`` rows); float64
         """
-        X = self.X if rows is None else self.X[rows]
+        n_points = self.n_rows if rows is None else len(rows)
         step = self.strategy.agop_rows(coef.shape[1])
+        starts = range(0, n_points, step)
+        xp = get_namespace(self.prepared.centers_t)
+        stacked = (
+            xp.empty((n_points, coef.shape[1], self.prepared.centers_t.shape[1]), xp.float64)
+            if accumulate == "stack"
+            else None
+        )
         groups = []
         for outputs in output_groups(self.prepared, coef.shape[1], gemm_dtype):
             operand = GradientOperand.build(self.prepared, coef[:, outputs], gemm_dtype)
 
             def block(start: int, operand: Any = operand, outputs: slice = outputs) -> Any:
-                return transformed_agop_sum(
-                    self.prepared,
-                    X[start : start + step],
-                    coef[:, outputs],
-                    accumulate=accumulate,
-                    operand=operand,
+                # The block's rows only (a gathered AGOP sample of wide rows is a gigabyte).
+                part = slice(start, start + step)
+                X = self.X[part] if rows is None else self.X[rows[part]]
+                total = transformed_agop_sum(
+                    self.prepared, X, coef[:, outputs], accumulate=accumulate, operand=operand
                 )
+                if stacked is None:
+                    return total
+                stacked[part, outputs] = total
+                return None
 
-            starts = range(0, X.shape[0], step)
-            if accumulate == "stack":
-                parts = map_blocks(block, starts, self.workers)
-                groups.append(get_namespace(parts[0]).concatenate(parts, axis=0))
+            if stacked is not None:  # each block writes its gradients in place
+                map_blocks(block, starts, self.workers)
             else:  # the blocks' partial sums added in order, a few held at a time
                 groups.append(ordered_sum_blocks(block, starts, self.workers))
-        if accumulate == "stack":
-            return get_namespace(groups[0]).concatenate(groups, axis=1)
-        return ordered_sum(groups)
+        return stacked if stacked is not None else ordered_sum(groups)
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c)."""
