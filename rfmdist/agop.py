@@ -231,25 +231,9 @@ def kernel_agop_sum(
     diag: bool,
     operand: GradientOperand | None = None,
 ) -> Any:
-    """AGOP partial sum of the kernel predictor over a block of points, in original coordinates.
-
-    Parameters
-    ----------
-    prepared : PreparedKernel
-        The predictor's kernel and centers.
-    X : array, shape (b, d)
-        Points at which the gradients are taken.
-    coef : array, shape (m, c)
-    diag : bool
-        Return the diagonal only.
-    operand : GradientOperand, optional
-        Built once per pass (its dtype is the GEMMs').
-
-    Returns
-    -------
-    array, shape (d, d) or (d,); float64
-        ``sum_{x in X} J(x)^T J(x)``.
-    """
+    """AGOP partial sum ``sum_{x in X} J(x)^T J(x)`` of the kernel predictor over a block of
+    points, in original coordinates: shape (d, d), or (d,) with ``diag``; float64. The other
+    parameters are :func:`transformed_agop_sum`'s."""
     accumulate = original_accumulation(prepared.S, diag)
     total = transformed_agop_sum(prepared, X, coef, accumulate=accumulate, operand=operand)
     return to_original_agop(total, prepared.S, diag=diag)

@@ -25,7 +25,6 @@ module.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -50,6 +49,7 @@ from rfmdist.distances import (
     recompute_near_pairs,
 )
 from rfmdist.metric import Metric, symmetric_root
+from rfmdist.params import switch_value
 
 __all__ = [
     "BACKENDS",
@@ -107,14 +107,14 @@ def kernel_backend(backend: str | None = None) -> str:
     ``'fused'`` runs a block's elementwise tail in one pass (:mod:`rfmdist.fused`); ``'reference'`` runs
     it as NumPy/CuPy array operations. Both give the same kernel (to a few ulps).
     """
-    chosen = backend if backend is not None else os.environ.get(BACKEND_ENV_VAR) or "fused"
-    if chosen not in BACKENDS:
-        source = "backend" if backend is not None else BACKEND_ENV_VAR
-        raise ValueError(
-            f"Expected {source} in {BACKENDS}, found {chosen!r}; set it to 'fused' (the default) "
-            "or 'reference' (NumPy/CuPy array operations, for comparison)."
-        )
-    return chosen
+    return switch_value(
+        backend,
+        BACKEND_ENV_VAR,
+        BACKENDS,
+        "fused",
+        "set it to 'fused' (the default) or 'reference' (NumPy/CuPy array operations, for "
+        "comparison).",
+    )
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,13 @@ benchmarks time them side by side.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from rfmdist.params import switch_value
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +63,14 @@ def metric_policy(policy: str | None = None) -> str:
     >>> metric_policy("dense")
     'dense'
     """
-    chosen = policy if policy is not None else os.environ.get(METRIC_ENV_VAR) or "auto"
-    if chosen not in POLICIES:
-        source = "policy" if policy is not None else METRIC_ENV_VAR
-        raise ValueError(
-            f"Expected {source} in {POLICIES}, found {chosen!r}; set it to 'auto' (the default: a "
-            "factored M when its rank is below d), 'dense' or 'factored'."
-        )
-    return chosen
+    return switch_value(
+        policy,
+        METRIC_ENV_VAR,
+        POLICIES,
+        "auto",
+        "set it to 'auto' (the default: a factored M when its rank is below d), 'dense' or "
+        "'factored'.",
+    )
 
 
 def symmetric_root(M: np.ndarray) -> np.ndarray:

@@ -210,6 +210,17 @@ def kernel_operator(
     )
 
 
+def agop_in_original_coordinates(
+    op: KernelOperator, coef: Any, *, diag: bool, rows: Any, gemm_dtype: Any
+) -> Any:
+    """An operator's AGOP sum (shape (d, d), or (d,) with ``diag``; float64) from its
+    transformed-space sum (:meth:`KernelOperator.gradient_sum`)."""
+    S = op.prepared.S
+    accumulate = original_accumulation(S, diag)
+    total = op.gradient_sum(coef, accumulate=accumulate, rows=rows, gemm_dtype=gemm_dtype)
+    return to_original_agop(total, S, diag=diag)
+
+
 class BlockedKernelOperator:
     """Kernel passes over an in-memory array, one row block at a time.
 
@@ -357,10 +368,7 @@ class BlockedKernelOperator:
         -------
         array, shape (d, d) or (d,); float64
         """
-        S = self.prepared.S
-        accumulate = original_accumulation(S, diag)
-        total = self.gradient_sum(coef, accumulate=accumulate, rows=rows, gemm_dtype=gemm_dtype)
-        return to_original_agop(total, S, diag=diag)
+        return agop_in_original_coordinates(self, coef, diag=diag, rows=rows, gemm_dtype=gemm_dtype)
 
     def gradient_sum(
         self, coef: Any, *, accumulate: str, rows: Any = None, gemm_dtype: Any = None
@@ -802,10 +810,7 @@ class DaskKernelOperator:
     def agop_sum(self, coef: Any, *, diag: bool, rows: Any = None, gemm_dtype: Any = None) -> Any:
         """AGOP partial sums over (a subset of) the rows, tree-reduced; float64 (d, d) or (d,)
         (as :meth:`BlockedKernelOperator.agop_sum`)."""
-        S = self.prepared.S
-        accumulate = original_accumulation(S, diag)
-        total = self.gradient_sum(coef, accumulate=accumulate, rows=rows, gemm_dtype=gemm_dtype)
-        return to_original_agop(total, S, diag=diag)
+        return agop_in_original_coordinates(self, coef, diag=diag, rows=rows, gemm_dtype=gemm_dtype)
 
     def gradient_sum(
         self, coef: Any, *, accumulate: str, rows: Any = None, gemm_dtype: Any = None
@@ -817,40 +822,32 @@ class DaskKernelOperator:
         X = self.X if rows is None else self.X[rows]
         X = X[:, :]  # a fresh graph layer even when rows is None
         k = self.prepared.centers_t.shape[1]
-        n_chunks = len(X.chunks[0])
         meta = X._meta.astype(np.float64)
-        if accumulate == "stack":
-            c = coef.shape[1]
-            return self._compute(
-                lambda: da.map_blocks(
-                    _agop_task,
-                    X,
-                    self._shared,
-                    coef,
-                    accumulate=accumulate,
-                    gemm_dtype=gemm_dtype,
-                    new_axis=[2],
-                    chunks=(X.chunks[0], (c,), (k,)),
-                    dtype=np.float64,
-                    meta=meta[None],
-                )
-            )
-        shape = (k,) if accumulate == "diagonal" else (k, k)
-        return self._tree_sum(
-            lambda: da.map_blocks(
+        if accumulate == "stack":  # each chunk's gradients (b, c, k), concatenated
+            chunks, new_axis = (X.chunks[0], (coef.shape[1],), (k,)), [2]
+        else:  # each chunk's partial sum (1, k) or (1, k, k), tree-reduced
+            shape = (k,) if accumulate == "diagonal" else (k, k)
+            chunks = ((1,) * len(X.chunks[0]), *((s,) for s in shape))
+            new_axis = [2] if len(shape) == 2 else []
+
+        def parts() -> Any:
+            return da.map_blocks(
                 _agop_task,
                 X,
                 self._shared,
                 coef,
                 accumulate=accumulate,
                 gemm_dtype=gemm_dtype,
-                new_axis=[2] if len(shape) == 2 else [],
-                chunks=((1,) * n_chunks, *((s,) for s in shape)),
+                new_axis=new_axis,
+                chunks=chunks,
                 dtype=np.float64,
-                meta=meta[None] if len(shape) == 2 else meta,
-            ),
-            squares=accumulate == "gram",  # k x k partials, added in pairs as a Gram pass's
-        )
+                meta=meta[None] if new_axis else meta,
+            )
+
+        if accumulate == "stack":
+            return self._compute(parts)
+        # k x k partials are added in pairs, as a Gram pass's m x m ones.
+        return self._tree_sum(parts, squares=accumulate == "gram")
 
     def predict(self, coef: Any) -> Any:
         """Predictions ``K(X, Z) coef`` of the rows, shape (n, c), computed on the client."""
