@@ -70,10 +70,14 @@ class Standardizer:
         if is_dask_array(X):
             return X.map_blocks(self.transform, dtype, dtype=dtype, meta=X._meta.astype(dtype))
         xp = get_namespace(X)
-        out = xp.asarray(X, dtype=dtype)
         if self.mean is None:
-            return out
-        return (out - xp.asarray(self.mean, dtype=dtype)) / xp.asarray(self.scale, dtype=dtype)
+            return xp.asarray(X, dtype=dtype)
+        # One array of the result's size, scaled in place (a wide block's temporaries were two
+        # more copies: 8 GB for 18,000 rows of 27,648 features).
+        out = xp.array(X, dtype=dtype, copy=True)
+        out -= xp.asarray(self.mean, dtype=dtype)
+        out /= xp.asarray(self.scale, dtype=dtype)
+        return out
 
     def inverse(self, Z: Any) -> Any:
         """Undo the transform: ``Z * scale + mean`` (NumPy, CuPy or Dask), shape (n, d)."""
