@@ -520,13 +520,7 @@ class FitPipeline:
         if self.checkpoint is not None and self.checkpoint.finished:
             return FitResult.from_stored(previous)
         plan = self.plan(X, has_validation=validation is not None, previous=previous)
-        target_scaling = (
-            previous.target_scaling
-            if previous is not None
-            else Standardizer.fit(targets.Y)
-            if targets.scale
-            else Standardizer()
-        )
+        preprocessing, target_scaling = self._scalings(statistics, targets, previous)
         Y = target_scaling.transform(targets.Y, np.float64)
         seed = self._seed(previous)
         config = dataclasses.replace(
@@ -542,13 +536,6 @@ class FitPipeline:
             else None
         )
         X, Y = self._device_rows(X, Y, config, plan)
-        preprocessing = (
-            previous.preprocessing
-            if previous is not None
-            else Standardizer.from_statistics(statistics)
-            if self.settings.standardize
-            else Standardizer()
-        )
         rows = slice(None) if split is None else split[0]
         selector = selector_for(self.settings.centers, plan.rounds_rows, plan.selector_count())
         data = self._training_data(
@@ -634,6 +621,21 @@ class FitPipeline:
         }
         vectors = vectors | {f"eval_{k}": v for k, v in eval_vectors.items()}
         return fingerprint | {"eval_set": summary}, vectors, statistics
+
+    def _scalings(
+        self, statistics: Any, targets: Targets, previous: StoredRun | None
+    ) -> tuple[Standardizer, Standardizer]:
+        """The features' preprocessing (from the fingerprint pass's statistics) and the targets'
+        scaling; a resumed run's stored ones (computed again from rows in other chunks they could
+        differ in their last bits)."""
+        if previous is not None:
+            return previous.preprocessing, previous.target_scaling
+        preprocessing = (
+            Standardizer.from_statistics(statistics)
+            if self.settings.standardize
+            else Standardizer()
+        )
+        return preprocessing, Standardizer.fit(targets.Y) if targets.scale else Standardizer()
 
     def _seed(self, previous: StoredRun | None) -> int:
         """The fit's seed: the resumed run's, else one draw from ``random_state``."""
