@@ -108,6 +108,7 @@ def kernel_backend(backend: str | None = None) -> str:
     it as NumPy/CuPy array operations. Both give the same kernel (to a few ulps).
     """
     return switch_value(
+        "backend",
         backend,
         BACKEND_ENV_VAR,
         BACKENDS,

@@ -64,6 +64,7 @@ def metric_policy(policy: str | None = None) -> str:
     'dense'
     """
     return switch_value(
+        "policy",
         policy,
         METRIC_ENV_VAR,
         POLICIES,

@@ -139,20 +139,20 @@ def _example(rules: tuple[Any, ...]) -> Any:
 
 
 def switch_value(
-    given: str | None, env_var: str, allowed: tuple[str, ...], default: str, fix: str
+    name: str, given: str | None, env_var: str, allowed: tuple[str, ...], default: str, fix: str
 ) -> str:
-    """An implementation switch: ``given``, else ``$env_var``, else ``default``; refused with
-    ``fix`` (what to set it to) when not in ``allowed``.
+    """An implementation switch: the argument ``name`` (``given``), else ``$env_var``, else
+    ``default``; refused with ``fix`` (what to set it to) when not in ``allowed``.
 
     Examples
     --------
-    >>> switch_value(None, "RFMDIST_UNSET_SWITCH", ("a", "b"), "a", "set it to 'a' or 'b'.")
+    >>> switch_value("mode", None, "RFMDIST_UNSET_SWITCH", ("a", "b"), "a", "set it to 'a'.")
     'a'
     """
     import os
 
     chosen = given if given is not None else os.environ.get(env_var) or default
     if chosen not in allowed:
-        source = "the argument" if given is not None else env_var
+        source = name if given is not None else env_var
         raise ValueError(f"Expected {source} in {allowed}, found {chosen!r}; {fix}")
     return chosen
