@@ -48,7 +48,7 @@ from rfmdist.distances import (
     near_factor,
     recompute_near_pairs,
 )
-from rfmdist.metric import Metric, symmetric_root
+from rfmdist.metric import Metric, metric_root
 from rfmdist.params import switch_value
 
 __all__ = [
@@ -76,25 +76,6 @@ __all__ = [
 
 KernelName = Literal["laplace", "gaussian"]
 KERNELS: tuple[str, ...] = ("laplace", "gaussian")
-
-
-def metric_root(M: Any) -> Any:
-    """Return ``S = M^{1/2}``: the symmetric PSD square root of a full ``M``, or ``sqrt(M)`` if diagonal.
-
-    Parameters
-    ----------
-    M : array, shape (d, d) or (d,)
-        Symmetric positive semi-definite feature matrix, or its diagonal. Negative eigenvalues (round-off)
-        are clipped to zero.
-
-    Returns
-    -------
-    array, shape like ``M``
-    """
-    xp = get_namespace(M)
-    if M.ndim == 1:
-        return xp.sqrt(xp.clip(M, 0, None))
-    return symmetric_root(M)
 
 
 BACKENDS: tuple[str, ...] = ("fused", "reference")

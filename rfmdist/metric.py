@@ -74,14 +74,33 @@ def metric_policy(policy: str | None = None) -> str:
     )
 
 
-def symmetric_root(M: np.ndarray) -> np.ndarray:
-    """``M^{1/2}`` of a symmetric PSD matrix (shape (d, d)) by one eigendecomposition; negative
-    eigenvalues (round-off) are clipped to zero. Any array namespace (NumPy, CuPy)."""
+def metric_root(M: Any) -> Any:
+    """``S = M^{1/2}``: the symmetric PSD square root of a full ``M`` (shape (d, d)), or
+    ``sqrt(M)`` of a diagonal (shape (d,)); negative eigenvalues (round-off) are clipped to zero.
+    Any array namespace (NumPy, CuPy); shape like ``M``."""
     from rfmdist.backend import get_namespace
 
     xp = get_namespace(M)
-    evals, evecs = xp.linalg.eigh((M + M.T) / 2)
+    if M.ndim == 1:
+        return xp.sqrt(xp.clip(M, 0, None))
+    return root_from_eigen(*xp.linalg.eigh((M + M.T) / 2))
+
+
+def root_from_eigen(evals: Any, evecs: Any) -> Any:
+    """``V sqrt(max(L, 0)) V^T`` from an eigendecomposition ``(L, V)`` (ascending, as ``eigh``)."""
+    from rfmdist.backend import get_namespace
+
+    xp = get_namespace(evals)
     return (evecs * xp.sqrt(xp.clip(evals, 0, None))) @ evecs.T
+
+
+def factor_from_eigen(evals: np.ndarray, evecs: np.ndarray) -> np.ndarray:
+    """``A`` (r, k) with ``A^T A = V L V^T`` for an eigendecomposition ``(L, V)`` of a symmetric
+    PSD ``k x k`` matrix (ascending, as ``eigh``), without the directions whose eigenvalues are
+    within its float64 rounding (``k`` ulps of the largest): its numerical rank ``r``, rows in
+    descending order of eigenvalue."""
+    keep = evals > max(evals[-1], 0.0) * evals.shape[0] * np.finfo(np.float64).eps
+    return np.sqrt(evals[keep])[::-1, None] * evecs[:, keep][:, ::-1].T
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,11 +173,9 @@ class Metric:
         (dense: ``M^{1/2}``, one eigendecomposition per metric) or (d, r) (factor: ``A^T``)."""
         if self.form == "identity":
             return None
-        if self.form == "diagonal":
-            return np.sqrt(np.clip(self.values, 0, None))
         if self.form == "factor":
             return self.values.T  # a view: GEMMs take it transposed, no d x r copy
-        return symmetric_root(self.values)
+        return metric_root(self.values)
 
     def dense(self) -> np.ndarray:
         """``M`` as an array: (d,) for a diagonal ``M``, else (d, d) (``8 d^2`` bytes; formed from
@@ -229,11 +246,11 @@ class Metric:
         if self.form != "dense":
             return self
         evals, evecs = np.linalg.eigh((self.values + self.values.T) / 2)
-        keep = evals > max(evals[-1], 0.0) * self.d * np.finfo(np.float64).eps
-        if int(keep.sum()) < self.d:
-            return Metric.from_factor(np.sqrt(evals[keep])[::-1, None] * evecs[:, keep][:, ::-1].T)
+        factor = factor_from_eigen(evals, evecs)
+        if factor.shape[0] < self.d:
+            return Metric.from_factor(factor)
         rooted = Metric(self.form, self.d, self.values)
-        rooted.__dict__["root"] = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+        rooted.__dict__["root"] = root_from_eigen(evals, evecs)  # what metric_root would give
         return rooted
 
     def record(self) -> dict[str, Any]:
@@ -307,9 +324,5 @@ class Metric:
         gram = total / points
         if next_form == "dense":
             return Metric.from_array(gram if S is None else S @ gram @ S.T)
-        # A factor from the Gram matrix's eigendecomposition, without the directions whose
-        # eigenvalues are within the Gram matrix's float64 rounding (k eps of the largest): zero.
-        evals, evecs = np.linalg.eigh((gram + gram.T) / 2)
-        keep = evals > max(evals[-1], 0.0) * gram.shape[0] * np.finfo(np.float64).eps
-        factor = np.sqrt(evals[keep])[:, None] * evecs[:, keep].T
+        factor = factor_from_eigen(*np.linalg.eigh((gram + gram.T) / 2))
         return Metric.from_factor(factor if S is None else factor @ S.T)
