@@ -66,7 +66,7 @@ from rfmdist.pipeline import (
 )
 from rfmdist.plan import FitPlan, held_out_rows, plan_fit
 from rfmdist.precision import choose_dtype
-from rfmdist.store import StoredRun, read_store, save_location, store_location
+from rfmdist.store import RunAttributes, read_store, save_location, store_location
 from rfmdist.training import SOLVERS, RoundConfig, RoundOutcome
 
 logger = logging.getLogger(__name__)
@@ -553,7 +553,7 @@ class _RFMBase(BaseEstimator):
         *,
         has_validation: bool = False,
         chunk_rows: int | None = None,
-        resume_from: StoredRun | None = None,
+        resume_from: RunAttributes | None = None,
     ) -> FitPlan:
         """The plan a fit of data of shape ``X_shape`` with these parameters carries out
         (:mod:`rfmdist.plan`): what the command line chunks its data by before it fits.
@@ -567,8 +567,9 @@ class _RFMBase(BaseEstimator):
             An ``eval_set`` will be given (no rows held out).
         chunk_rows : int, optional
             Row chunks asked for; by default the plan's (on a cluster).
-        resume_from : StoredRun, optional
-            The run the fit will resume: its stored plan.
+        resume_from : RunAttributes, optional
+            The run the fit will resume (its attributes, :func:`rfmdist.store.read_run_attributes`,
+            or the whole :class:`~rfmdist.store.StoredRun`): its stored plan.
 
         Returns
         -------

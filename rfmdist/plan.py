@@ -145,11 +145,6 @@ def row_chunks(n_rows: int, n_centers: int, n_features: int, dtype: Any, workers
     return chunk_rows_for(n_rows, n_centers, n_features, itemsize, max(1, workers))
 
 
-def cluster_workers(client: Any) -> int:
-    """Workers of a distributed client (0 without one)."""
-    return 0 if client is None else n_workers(client)
-
-
 def plan_fit(
     settings: Any,
     n_rows: int,
@@ -175,8 +170,8 @@ def plan_fit(
     chunk_rows : int, optional
         The row chunks asked for (``--chunk-rows``) or those of a Dask input; by default
         :func:`row_chunks` on a cluster, None in memory.
-    previous : StoredRun, optional
-        The run being resumed: its stored plan is kept; a run stored before plans were (format
+    previous : RunAttributes, optional
+        The run being resumed (its attributes, or the whole StoredRun): its stored plan is kept; a run stored before plans were (format
         3's first writers and older) keeps its dtype and its count of centers.
 
     Returns
@@ -205,7 +200,7 @@ def plan_fit(
         )
     selector = selector_for(settings.centers, rounds_rows, auto_count)
     centers = selector.count(rounds_rows)
-    workers = cluster_workers(client)
+    workers = 0 if client is None else n_workers(client)
     if chunk_rows is None and client is not None:
         chunk_rows = row_chunks(n_rows, centers, n_features, dtype, workers)
     agop = rounds.agop_samples

@@ -331,16 +331,17 @@ def _chunked(X: Any, estimator: Any, client: Any, args: argparse.Namespace) -> A
 
 
 def _run_to_resume(args: argparse.Namespace) -> Any:
-    """The run ``--resume`` continues (None: none there, or not resuming)."""
+    """The attributes of the run ``--resume`` continues, whose plan it keeps (None: none there,
+    or not resuming); its arrays are read once, by the fit."""
     from rfmdist.exceptions import StoreError
-    from rfmdist.store import read_store
+    from rfmdist.store import read_run_attributes
 
     if not args.resume or args.out is None:
         return None
     try:
-        return read_store(args.out, require_complete=False)
-    except (StoreError, FileNotFoundError):
-        return None  # no run there yet (or one the fit will refuse, saying why)
+        return read_run_attributes(args.out)
+    except StoreError:
+        return None  # something the fit will refuse, saying why
 
 
 @contextlib.contextmanager

@@ -106,7 +106,14 @@ from rfmdist.store.planning import (
     plan_run,
     save_location,
 )
-from rfmdist.store.reader import StoredRun, read_status, read_store, store_status
+from rfmdist.store.reader import (
+    RunAttributes,
+    StoredRun,
+    read_run_attributes,
+    read_status,
+    read_store,
+    store_status,
+)
 from rfmdist.store.writer import (
     RunHeader,
     RunWriter,
@@ -127,6 +134,7 @@ __all__ = [
     "REFIT_RESIDUALS",
     "REQUIRED_ATTRS",
     "RESUME_HINT",
+    "RunAttributes",
     "RunHeader",
     "RunPlan",
     "RunWriter",
@@ -143,6 +151,7 @@ __all__ = [
     "params_from_store",
     "params_to_store",
     "plan_run",
+    "read_run_attributes",
     "read_status",
     "read_store",
     "residuals_path",

@@ -59,38 +59,17 @@ def store_status(path: str | os.PathLike[str]) -> str | None:
 
 
 @dataclass
-class StoredRun:
-    """A store's contents, checked against its attributes.
+class RunAttributes:
+    """A store's attributes, checked (its header), with typed accessors: what a plan or a status
+    needs of a run, read without any of its arrays (:func:`read_run_attributes`).
 
     Attributes
     ----------
     attrs : dict
         All attributes (see :mod:`rfmdist.store`).
-    params : dict
-        ``set_params`` keywords.
-    machine : KernelMachine or None
-        The best round's machine (None for a run with no committed round).
-    metric_history : list of Metric
-        ``M_t`` of the committed rounds.
-    next_metric : Metric or None
-        ``M_R``, the next round's feature matrix (runs in progress; None when complete).
-    classes : numpy.ndarray or None
-    data_vectors : dict of str to numpy.ndarray
-        The data fingerprint's per-column sums.
-    preprocessing, target_scaling : Standardizer
-        The run's (a resumed run keeps them: computed again from data in other chunks they could
-        differ in their last bits).
     """
 
     attrs: dict[str, Any]
-    params: dict[str, Any]
-    machine: KernelMachine | None
-    metric_history: list[Metric]
-    next_metric: Metric | None
-    classes: np.ndarray | None
-    data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    preprocessing: Standardizer = field(default_factory=Standardizer)
-    target_scaling: Standardizer = field(default_factory=Standardizer)
 
     @property
     def refit(self) -> dict[str, Any] | None:
@@ -162,6 +141,39 @@ class StoredRun:
         return history[0].get("dtype_choice") if history else None
 
 
+@dataclass
+class StoredRun(RunAttributes):
+    """A store's contents, checked against its attributes (and their accessors,
+    :class:`RunAttributes`).
+
+    Attributes
+    ----------
+    params : dict
+        ``set_params`` keywords.
+    machine : KernelMachine or None
+        The best round's machine (None for a run with no committed round).
+    metric_history : list of Metric
+        ``M_t`` of the committed rounds.
+    next_metric : Metric or None
+        ``M_R``, the next round's feature matrix (runs in progress; None when complete).
+    classes : numpy.ndarray or None
+    data_vectors : dict of str to numpy.ndarray
+        The data fingerprint's per-column sums.
+    preprocessing, target_scaling : Standardizer
+        The run's (a resumed run keeps them: computed again from data in other chunks they could
+        differ in their last bits).
+    """
+
+    params: dict[str, Any]
+    machine: KernelMachine | None
+    metric_history: list[Metric]
+    next_metric: Metric | None
+    classes: np.ndarray | None
+    data_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    preprocessing: Standardizer = field(default_factory=Standardizer)
+    target_scaling: Standardizer = field(default_factory=Standardizer)
+
+
 def _check_header(location: StoreLocation, attrs: dict[str, Any]) -> None:
     if attrs.get("format") != FORMAT_NAME:
         raise StoreError(
@@ -205,6 +217,22 @@ def _read_classes(group: Any, location: StoreLocation, classes_attr: list | None
         return None
     values = read_array(group, "classes", location, (len(classes_attr),))[...]
     return np.asarray(values if values.dtype.kind in "biuf" else [str(v) for v in values.tolist()])
+
+
+def read_run_attributes(path: str | os.PathLike[str]) -> RunAttributes | None:
+    """The checked attributes of the store at ``path``, no array read (None: nothing there).
+
+    Raises
+    ------
+    StoreError
+        Something other than an rfmdist store there, or an unknown format or version.
+    """
+    location = store_location(path)
+    if read_status(location) is None:
+        return None
+    attrs = dict(open_group(location, "r").attrs)
+    _check_header(location, attrs)
+    return RunAttributes(attrs)
 
 
 def read_store(path: str | os.PathLike[str], *, require_complete: bool = True) -> StoredRun:
