@@ -726,8 +726,7 @@ class _RFMBase(BaseEstimator):
         return "gpu" if self.device in ("gpu", "auto") and gpu_available() else "cpu"
 
     def _decision(self, X: Any) -> Any:
-        self._check_fitted()
-        X = self._check_features(X, reset=False)
+        X = self.check_features(X)
         device = self._predict_device()
         if device == "cpu" or memory.device_of(X) == "gpu":
             return self.model_.decision(X)

@@ -100,3 +100,16 @@ def test_same_seed_same_model_and_nystrom_centers(rng):
     choice = a.history_[0]["solver_choice"]
     assert a.history_[0]["solver"] == choice["chosen"] in ("direct", "pcg")
     assert set(choice["estimates"]) == {"direct", "pcg"}  # no float32 solve for Nystrom systems
+
+
+def test_predict_reads_a_zarr_group_path(tmp_path):
+    """predict takes the path of a Zarr group holding X, as fit does, and returns its lazy Dask
+    predictions, equal to those of the rows in memory."""
+    import zarr
+
+    X, y = product_task(300, 4, seed=7)
+    model = RFMRegressor(iters=1, random_state=0).fit(X, y)
+    group = zarr.open_group(str(tmp_path / "rows.zarr"), mode="w")
+    group.create_array("X", data=X, chunks=(100, 4))
+    lazy = model.predict(str(tmp_path / "rows.zarr"))
+    np.testing.assert_allclose(np.asarray(lazy), model.predict(X), rtol=1e-12, atol=1e-12)
